@@ -1,0 +1,1 @@
+//! MIG model (filled below).
