@@ -1,1 +1,37 @@
-//! placeholder
+//! GPUaaS host side: everything in the agent that touches the machine.
+//!
+//! This crate owns, today:
+//!
+//! - [`backend`]: the [`GpuBackend`] trait through which the agent learns what GPUs a host has;
+//! - [`nvml`]: the NVML implementation ([`NvmlBackend`], `libnvidia-ml` loaded at run time, so
+//!   the agent builds and starts on hosts without a driver);
+//! - [`sim`]: the simulated implementation ([`SimBackend`]), built from a spec string such as
+//!   `8xH100-80GB` and obeying the MIG model of `gpuaas_proto::mig`; used by every test and by
+//!   dev mode;
+//! - [`pci`]: PCI bus-id normalisation and the sysfs facts NVML does not give (NUMA node);
+//! - [`host`]: the host's name, CPUs and memory ([`HostFacts`]), and [`inventory`], which joins
+//!   them with a backend's GPUs into the `Inventory` a node reports;
+//! - [`conformance`]: the suite every backend must pass (run against `sim` by `cargo test`,
+//!   against `nvml` by `gpuaas-hwtests`).
+//!
+//! MIG instance management, cgroup sandboxes, the workload supervisor and device health come in
+//! later issues and will live here too. This crate does no networking.
+//!
+//! # Design
+//! Every path the crate reads (`/sys`, `/proc/meminfo`, ...) is a parameter with a production
+//! default, so unit tests run the real readers against temp-dir trees. Errors are typed per
+//! module and name the path or value at fault. Logs go through `tracing`; the binaries install
+//! the subscriber.
+
+pub mod backend;
+pub mod conformance;
+pub mod host;
+pub mod nvml;
+pub mod pci;
+pub mod sim;
+
+pub use backend::{BackendError, GpuBackend};
+pub use host::{HostError, HostFacts, HostPaths, inventory};
+pub use nvml::{NvmlBackend, NvmlOptions};
+pub use pci::PciError;
+pub use sim::{SimBackend, SimError, SimGroup, SimSpec, SimSpecError};

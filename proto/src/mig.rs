@@ -1,1 +1,0 @@
-//! MIG model (filled below).
