@@ -1,0 +1,3 @@
+//! The GPUaaS control plane as a library.
+
+pub mod store;
