@@ -24,6 +24,26 @@ pub const ALPN_ENROLL: &[u8] = b"gpuaas-enroll/1";
 /// ALPN of the control protocol (mTLS).
 pub const ALPN_CONTROL: &[u8] = b"gpuaas/1";
 
+/// Application close codes of a QUIC connection, with a reason string beside them.
+pub mod close_code {
+    /// Normal end of a session or of an enrolment.
+    pub const DONE: u32 = 0;
+    /// The peer broke the protocol: a garbage, oversized or unexpected frame.
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    /// The request was refused; a [`super::Refusal`] was sent first where possible.
+    pub const REFUSED: u32 = 2;
+    /// `gpuaas/1` without a client certificate.
+    pub const CERTIFICATE_REQUIRED: u32 = 3;
+    /// The node was deleted.
+    pub const NODE_REVOKED: u32 = 4;
+    /// A newer session of the same node replaced this one.
+    pub const REPLACED: u32 = 5;
+    /// The coordinator failed internally.
+    pub const INTERNAL: u32 = 6;
+    /// The coordinator is shutting down.
+    pub const SHUTDOWN: u32 = 7;
+}
+
 /// Longest accepted host name (RFC 1035 limit).
 pub const MAX_HOSTNAME_LEN: usize = 253;
 /// Longest accepted agent version string.

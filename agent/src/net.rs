@@ -1,0 +1,78 @@
+//! Addresses: `host:port` parsing and resolution, and the QUIC client endpoint.
+
+use std::net::SocketAddr;
+
+/// Splits `host:port` (`[v6]:port` too) into the host (brackets removed) and the port.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// Resolving or binding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Not `host:port`.
+    #[error("{0:?} is not host:port")]
+    BadAddress(String),
+    /// Name resolution failed.
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        /// The address.
+        address: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The UDP socket could not be bound.
+    #[error("cannot bind a UDP socket: {0}")]
+    Bind(#[source] std::io::Error),
+}
+
+/// Resolves `host:port` to its first address and returns it with the TLS server name.
+pub async fn resolve(address: &str) -> Result<(SocketAddr, String), NetError> {
+    let (host, _) = split_host_port(address).ok_or_else(|| NetError::BadAddress(address.into()))?;
+    let addr = tokio::net::lookup_host(address)
+        .await
+        .map_err(|source| NetError::Resolve {
+            address: address.into(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| NetError::Resolve {
+            address: address.into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+        })?;
+    Ok((addr, host.to_owned()))
+}
+
+/// A client-only QUIC endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(for_addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let bind: SocketAddr = if for_addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    quinn::Endpoint::client(bind).map_err(NetError::Bind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("coord:7443"), Some(("coord", 7443)));
+        assert_eq!(split_host_port("[::1]:7443"), Some(("::1", 7443)));
+        assert_eq!(split_host_port("coord"), None);
+        assert_eq!(split_host_port(":7443"), None);
+        assert_eq!(split_host_port("coord:99999"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The node-facing side of the coordinator: the QUIC endpoint, enrolment, control sessions and
+//! the in-memory registry of which nodes are alive.
+//!
+//! One endpoint serves two ALPNs. `gpuaas-enroll/1` ([`enroll`]) is open to peers without a
+//! certificate and does nothing but enrolment; `gpuaas/1` ([`session`]) requires a node
+//! certificate from the cluster CA ([`tls`]). Each connection is served by its own task, so a
+//! misbehaving node can only close its own connection.
+
+pub mod enroll;
+pub mod framing;
+pub mod registry;
+pub mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpuaas_proto::messages::{ALPN_CONTROL, ALPN_ENROLL, Term, close_code};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::clock::now_ms;
+use crate::pki::ClusterCa;
+use crate::store::Store;
+use registry::{NodeStatus, Registry};
+use tls::RevokedNodes;
+
+/// Timing and lifetime settings of the fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSettings {
+    /// How often agents send heartbeats (told to them in Welcome).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node turns NotReady.
+    pub node_timeout: Duration,
+    /// Lifetime of node certificates.
+    pub node_cert_ttl: Duration,
+    /// The coordinator's leadership term (constant until replication arrives).
+    pub term: Term,
+}
+
+/// Everything a connection handler needs.
+#[derive(Debug)]
+pub struct FleetContext {
+    /// The state store.
+    pub store: Store,
+    /// The cluster CA.
+    pub ca: Arc<ClusterCa>,
+    /// Liveness of connected nodes.
+    pub registry: Arc<Registry>,
+    /// Certificates of deleted nodes are refused at the handshake.
+    pub revoked: Arc<RevokedNodes>,
+    /// Timing settings.
+    pub settings: FleetSettings,
+}
+
+/// Binds the node endpoint on `addr`.
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::server(config, addr)
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<FleetContext>) {
+    let sweeper = tokio::spawn(sweep_liveness(ctx.clone()));
+    while let Some(incoming) = endpoint.accept().await {
+        let ctx = ctx.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        debug!(error = %e, "handshake failed");
+                        return;
+                    }
+                };
+                let alpn = conn
+                    .handshake_data()
+                    .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|d| d.protocol);
+                match alpn.as_deref() {
+                    Some(ALPN_CONTROL) => session::serve(ctx, conn).await,
+                    Some(ALPN_ENROLL) => enroll::serve(ctx, conn).await,
+                    _ => {
+                        warn!("connection without a known ALPN; closing");
+                        conn.close(close_code::PROTOCOL_VIOLATION.into(), b"unknown alpn");
+                    }
+                }
+            }
+            .instrument(info_span!("conn", %remote)),
+        );
+    }
+    sweeper.abort();
+}
+
+/// Logs node liveness transitions once a second.
+async fn sweep_liveness(ctx: Arc<FleetContext>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (node, status) in ctx.registry.sweep(now_ms()) {
+            match status {
+                NodeStatus::Ready => info!(node_id = %node, "node Ready"),
+                NodeStatus::NotReady => warn!(node_id = %node, "node NotReady"),
+            }
+        }
+    }
+}

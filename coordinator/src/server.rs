@@ -1,0 +1,195 @@
+//! Assembles a running coordinator from a [`Config`]: state directory, store, cluster CA,
+//! bootstrap admin token, the node QUIC endpoint and the admin HTTPS API.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gpuaas_proto::messages::{Term, close_code};
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiState, router};
+use crate::config::Config;
+use crate::fleet::registry::Registry;
+use crate::fleet::tls::{RevokedNodes, TransportSettings, https_server_config, quic_server_config};
+use crate::fleet::{FleetContext, FleetSettings};
+use crate::pki::{ClusterCa, sha256, write_private};
+use crate::store::{Command, Store, read};
+
+/// File in the state directory holding the bootstrap admin token (0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// File name of the store in the state directory.
+pub const STORE_FILE: &str = "coordinator.db";
+
+/// What `init` produced.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The store.
+    pub store: Store,
+    /// The cluster CA.
+    pub ca: ClusterCa,
+    /// Whether the CA was created now.
+    pub ca_created: bool,
+    /// Whether the bootstrap admin token was created now.
+    pub admin_token_created: bool,
+}
+
+/// Creates (or opens) the state directory, the store, the cluster CA and the bootstrap admin
+/// token. Idempotent: a second call changes nothing.
+pub async fn init(state_dir: &Path) -> Result<Initialized> {
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    }
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict state directory {}", state_dir.display()))?;
+    let store = Store::open(state_dir.join(STORE_FILE))
+        .with_context(|| format!("cannot open the store in {}", state_dir.display()))?;
+    let (ca, ca_created) = ClusterCa::load_or_create(state_dir).context("cluster CA")?;
+    let existing = store
+        .read(read::count_api_tokens)
+        .await
+        .context("cannot count API tokens")?;
+    let admin_token_created = existing == 0;
+    if admin_token_created {
+        let secret: [u8; 32] = rand::random();
+        let token = gpuaas_proto::token::to_hex(&secret);
+        store
+            .execute(Command::CreateApiToken {
+                name: "bootstrap-admin".into(),
+                sha256: sha256(token.as_bytes()),
+                role: "platform-admin".into(),
+                created_at_ms: crate::clock::now_ms(),
+            })
+            .await
+            .context("cannot store the bootstrap admin token")?;
+        write_private(
+            &state_dir.join(ADMIN_TOKEN_FILE),
+            format!("{token}\n").as_bytes(),
+            0o600,
+        )
+        .context("cannot write the bootstrap admin token")?;
+        tracing::info!(path = %state_dir.join(ADMIN_TOKEN_FILE).display(),
+            "bootstrap admin token written");
+    }
+    Ok(Initialized {
+        store,
+        ca,
+        ca_created,
+        admin_token_created,
+    })
+}
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct Running {
+    /// Where agents connect (QUIC).
+    pub node_addr: SocketAddr,
+    /// Where the admin API listens (HTTPS).
+    pub api_addr: SocketAddr,
+    /// The fleet context (store, CA, registry).
+    pub fleet: Arc<FleetContext>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    endpoint: quinn::Endpoint,
+    api: axum_server::Handle<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts a coordinator.
+pub async fn start(config: &Config) -> Result<Running> {
+    config.validate().context("invalid configuration")?;
+    let init = init(&config.state_dir).await?;
+    let store = init.store;
+    let ca = Arc::new(init.ca);
+    let deleted = store
+        .read(read::deleted_node_ids)
+        .await
+        .context("cannot read deleted nodes")?;
+    let revoked = Arc::new(RevokedNodes::new(deleted));
+    let fleet = Arc::new(FleetContext {
+        store,
+        ca: ca.clone(),
+        registry: Arc::new(Registry::new(
+            i64::try_from(config.node_timeout().as_millis()).unwrap_or(i64::MAX),
+        )),
+        revoked: revoked.clone(),
+        settings: FleetSettings {
+            heartbeat_interval: config.heartbeat_interval(),
+            node_timeout: config.node_timeout(),
+            node_cert_ttl: Duration::from_secs(config.node_cert_ttl_secs),
+            term: Term(1),
+        },
+    });
+
+    let quic = quic_server_config(
+        &ca,
+        ca.issue_server(&config.server_names)
+            .context("server certificate")?,
+        revoked,
+        TransportSettings {
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+        },
+    )?;
+    let endpoint = crate::fleet::bind(config.node_listen, quic)
+        .with_context(|| format!("cannot listen for nodes on {}", config.node_listen))?;
+    let node_addr = endpoint.local_addr().context("node endpoint address")?;
+
+    let https = https_server_config(ca.issue_server(&config.server_names)?)?;
+    let listener = std::net::TcpListener::bind(config.api_listen)
+        .with_context(|| format!("cannot listen for the admin API on {}", config.api_listen))?;
+    listener.set_nonblocking(true).context("admin API socket")?;
+    let api_addr = listener.local_addr().context("admin API address")?;
+    let handle = axum_server::Handle::new();
+    let app = router(ApiState {
+        fleet: fleet.clone(),
+    });
+    let api_server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(https)),
+    )
+    .context("admin API server")?
+    .handle(handle.clone());
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = api_server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "admin API server stopped");
+        }
+    });
+    let fleet_task = tokio::spawn(crate::fleet::serve(endpoint.clone(), fleet.clone()));
+    tracing::info!(%node_addr, %api_addr, ca_fingerprint = %gpuaas_proto::token::to_hex(&ca.fingerprint()),
+        "coordinator started");
+    Ok(Running {
+        node_addr,
+        api_addr,
+        fleet,
+        state_dir: config.state_dir.clone(),
+        endpoint,
+        api: handle,
+        tasks: vec![api_task, fleet_task],
+    })
+}
+
+impl Running {
+    /// Stops accepting work, closes every node connection and waits briefly for it to drain.
+    pub async fn shutdown(self) {
+        self.endpoint
+            .close(close_code::SHUTDOWN.into(), b"coordinator shutting down");
+        self.api.graceful_shutdown(Some(Duration::from_secs(2)));
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        for task in self.tasks {
+            task.abort();
+        }
+        tracing::info!("coordinator stopped");
+    }
+
+    /// Path of the bootstrap admin token file.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.state_dir.join(ADMIN_TOKEN_FILE)
+    }
+}
