@@ -1,13 +1,281 @@
-//! Benchmarks run as subcommands (`gpuaas-coordinator bench ...`); see BENCHMARKS.md.
+//! Benchmarks run as subcommands (`gpuaas-coordinator bench ...`); figures go to BENCHMARKS.md.
+//!
+//! `bench fleet` measures connection scale with real processes: it prepares a state
+//! directory and N enrolment tokens, starts `gpuaas-coordinator serve` (this executable) and
+//! `gpuaas-agent fleet` as two separate processes, and reports
+//! - the time from starting the fleet until all N nodes are enrolled and connected,
+//! - each process's CPU (% of one core) and RSS over a steady window,
+//! - the time for all N to reconnect after the coordinator is killed (SIGKILL) and started
+//!   again, which exercises the persistent stateless-reset key.
+//! Readiness is what the fleet simulator prints when all N sessions have received Welcome.
 
-use anyhow::Result;
-use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+use crate::api::tokens::issue_with;
+use crate::dev::agent_binary;
+use crate::server;
 
 /// Benchmark subcommands.
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Connection scale: N simulated agents against one coordinator, separate processes.
+    Fleet(FleetBench),
+}
+
+/// Options of `bench fleet`.
+#[derive(Debug, Args)]
+pub struct FleetBench {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Heartbeat interval, seconds.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// Length of the steady-state CPU window, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub steady_secs: u64,
+    /// GPUs of each simulated node.
+    #[arg(long, default_value = "8xH100-80GB")]
+    pub gpus: String,
+    /// Keep the state here (default: a temporary directory).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
 
 /// Runs a benchmark.
 pub async fn run(command: BenchCommand) -> Result<()> {
-    match command {}
+    match command {
+        BenchCommand::Fleet(options) => fleet(options).await,
+    }
+}
+
+/// CPU ticks (user + system) and RSS of a process, from /proc.
+fn proc_sample(pid: u32) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let cpu = ticks(11) + ticks(12); // utime, stime (fields 14 and 15 of stat)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((cpu, rss_kib))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        _ => 100.0,
+    }
+}
+
+struct Steady {
+    coordinator_cpu_pct: f64,
+    coordinator_rss_mib: f64,
+    fleet_cpu_pct: f64,
+    fleet_rss_mib: f64,
+}
+
+async fn steady(coordinator: u32, fleet: u32, window: Duration) -> Result<Steady> {
+    let (c0, _) = proc_sample(coordinator)?;
+    let (f0, _) = proc_sample(fleet)?;
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let secs = start.elapsed().as_secs_f64();
+    let (c1, c_rss) = proc_sample(coordinator)?;
+    let (f1, f_rss) = proc_sample(fleet)?;
+    let hz = clock_ticks_per_second();
+    let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / hz / secs * 100.0;
+    Ok(Steady {
+        coordinator_cpu_pct: pct(c0, c1),
+        coordinator_rss_mib: c_rss as f64 / 1024.0,
+        fleet_cpu_pct: pct(f0, f1),
+        fleet_rss_mib: f_rss as f64 / 1024.0,
+    })
+}
+
+fn spawn_coordinator(config: &Path) -> Result<Child> {
+    let me = std::env::current_exe().context("cannot find this executable")?;
+    Command::new(me)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the coordinator")
+}
+
+/// Waits for the next fleet event named `event`; returns its JSON.
+async fn next_event(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    event: &str,
+    limit: Duration,
+) -> Result<serde_json::Value> {
+    let wait = async {
+        while let Some(line) = lines.next_line().await? {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if value["event"] == event {
+                return Ok(value);
+            }
+        }
+        bail!("the fleet exited before {event}")
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .with_context(|| format!("no {event} within {limit:?}"))?
+}
+
+fn free_port() -> Result<u16> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot bind a probe socket")?;
+    Ok(sock.local_addr()?.port())
+}
+
+async fn fleet(options: FleetBench) -> Result<()> {
+    let temp = tempfile::Builder::new().prefix("gpuaas-bench-").tempdir()?;
+    let root = options
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_owned());
+    let state_dir = root.join("coordinator");
+    let hb = options.heartbeat_secs;
+    let node_port = free_port()?;
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config_path = root.join("coordinator.toml");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(
+        &config_path,
+        format!(
+            "state_dir = {:?}\nnode_listen = \"127.0.0.1:{node_port}\"\napi_listen = \"127.0.0.1:{api_port}\"\n\
+             heartbeat_interval_secs = {hb}\nnode_timeout_secs = {}\nidle_timeout_secs = {}\n",
+            state_dir.display().to_string(),
+            3 * hb,
+            (6 * hb).max(30),
+        ),
+    )?;
+
+    // Prepare the cluster and N tokens before the server runs.
+    let init = server::init(&state_dir).await?;
+    let tokens_path = root.join("tokens");
+    let mut tokens = String::new();
+    for i in 0..options.nodes {
+        let created = issue_with(
+            &init.store,
+            &init.ca,
+            Duration::from_secs(3600),
+            format!("bench {i}"),
+        )
+        .await
+        .context("cannot create a token")?;
+        tokens.push_str(&created.token);
+        tokens.push('\n');
+    }
+    init.store.close().await.context("cannot close the store")?;
+    tokio::fs::File::create(&tokens_path)
+        .await?
+        .write_all(tokens.as_bytes())
+        .await?;
+
+    let mut coordinator = spawn_coordinator(&config_path)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut fleet = Command::new(agent_binary()?)
+        .arg("fleet")
+        .args(["--coordinator", &format!("127.0.0.1:{node_port}")])
+        .arg("--tokens-file")
+        .arg(&tokens_path)
+        .arg("--state-dir")
+        .arg(root.join("fleet"))
+        .args([
+            "--count",
+            &options.nodes.to_string(),
+            "--gpus",
+            &options.gpus,
+        ])
+        .args(["--keep-alive-secs", &hb.clamp(1, 5).to_string()])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the fleet")?;
+    let mut lines = BufReader::new(fleet.stdout.take().context("fleet stdout")?).lines();
+    let limit = Duration::from_secs(600);
+    let enrolled = next_event(&mut lines, "enrolled", limit).await?;
+    next_event(&mut lines, "all_connected", limit).await?;
+    let connect_all = started.elapsed();
+    // Keep reading the fleet's events so its stdout never blocks.
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if events_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_secs(2 * hb)).await;
+    let pid = |c: &Child| c.id().context("process already exited");
+    let window = Duration::from_secs(options.steady_secs);
+    let s = steady(pid(&coordinator)?, pid(&fleet)?, window).await?;
+
+    // Crash and restart the coordinator.
+    coordinator.start_kill()?;
+    coordinator.wait().await?;
+    let restarted = Instant::now();
+    let _coordinator = spawn_coordinator(&config_path)?;
+    let reconnect = loop {
+        let line = tokio::time::timeout(limit, events.recv())
+            .await
+            .context("no reconnect within the limit")?
+            .context("the fleet exited")?;
+        if line.contains("\"all_connected\"") {
+            break restarted.elapsed();
+        }
+    };
+    let nodes = options.nodes;
+    let per_node_kib = s.fleet_rss_mib * 1024.0 / nodes as f64;
+    println!(
+        "bench fleet: nodes={nodes} heartbeat={hb}s gpus={}\n\
+         enrol+connect all:       {:>8.2} s (enrolment alone {} ms)\n\
+         reconnect after restart: {:>8.2} s (coordinator killed with SIGKILL, restarted)\n\
+         coordinator steady:      {:>8.1} % of one core, RSS {:.0} MiB (window {} s)\n\
+         fleet simulator steady:  {:>8.1} % of one core, RSS {:.0} MiB, {:.0} KiB per node",
+        options.gpus,
+        connect_all.as_secs_f64(),
+        enrolled["elapsed_ms"],
+        reconnect.as_secs_f64(),
+        s.coordinator_cpu_pct,
+        s.coordinator_rss_mib,
+        options.steady_secs,
+        s.fleet_cpu_pct,
+        s.fleet_rss_mib,
+        per_node_kib,
+    );
+    let _ = fleet.start_kill();
+    Ok(())
 }

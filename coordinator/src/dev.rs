@@ -125,7 +125,7 @@ pub async fn run(options: DevOptions) -> Result<()> {
     print_banner(&running, &options, started.elapsed())?;
 
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C")?,
+        r = server::shutdown_signal() => r?,
         status = child.wait() => tracing::warn!(status = ?status, "the simulated fleet exited"),
     }
     let _ = child.start_kill();

@@ -94,9 +94,7 @@ async fn main() -> Result<()> {
         Command::Serve { config } => {
             let config = load(&config)?;
             let running = server::start(&config).await?;
-            tokio::signal::ctrl_c()
-                .await
-                .context("cannot wait for a signal")?;
+            server::shutdown_signal().await?;
             running.shutdown().await;
             Ok(())
         }

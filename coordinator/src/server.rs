@@ -23,6 +23,31 @@ use crate::store::{Command, Store, read};
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// File name of the store in the state directory.
 pub const STORE_FILE: &str = "coordinator.db";
+/// Secret keying QUIC stateless resets (0600), stable across restarts.
+pub const RESET_KEY_FILE: &str = "quic-reset.key";
+
+/// Reads a 32-byte secret from `path`, creating it (0600) if missing.
+fn load_or_create_secret(path: &Path) -> Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(secret) if secret.len() == 32 => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&secret);
+            Ok(out)
+        }
+        Ok(secret) => anyhow::bail!(
+            "{} holds {} bytes, expected 32; remove it to create a new one",
+            path.display(),
+            secret.len()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret: [u8; 32] = rand::random();
+            write_private(path, &secret, 0o600)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
 
 /// What `init` produced.
 #[derive(Debug)]
@@ -137,7 +162,8 @@ pub async fn start(config: &Config) -> Result<Running> {
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
         },
     )?;
-    let endpoint = crate::fleet::bind(config.node_listen, quic)
+    let reset_secret = load_or_create_secret(&config.state_dir.join(RESET_KEY_FILE))?;
+    let endpoint = crate::fleet::bind(config.node_listen, quic, &reset_secret)
         .with_context(|| format!("cannot listen for nodes on {}", config.node_listen))?;
     let node_addr = endpoint.local_addr().context("node endpoint address")?;
 
@@ -191,5 +217,15 @@ impl Running {
     /// Path of the bootstrap admin token file.
     pub fn admin_token_path(&self) -> PathBuf {
         self.state_dir.join(ADMIN_TOKEN_FILE)
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM (systemd stop).
+pub async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
+        _ = term.recv() => Ok(()),
     }
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiState};
 use crate::clock::{now_ms, rfc3339};
 use crate::fleet::FleetContext;
-use crate::pki::sha256;
-use crate::store::Command;
+use crate::pki::{ClusterCa, sha256};
+use crate::store::{Command, Store};
 
 /// Default token lifetime.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -73,17 +73,26 @@ pub async fn issue(
     ttl: Duration,
     description: String,
 ) -> Result<CreatedToken, crate::store::StoreError> {
+    issue_with(&fleet.store, &fleet.ca, ttl, description).await
+}
+
+/// Creates a token in `store` for the cluster of `ca` (also before the server runs).
+pub async fn issue_with(
+    store: &Store,
+    ca: &ClusterCa,
+    ttl: Duration,
+    description: String,
+) -> Result<CreatedToken, crate::store::StoreError> {
     let id = TokenId::from_raw(rand::random());
     let token = EnrollmentToken {
-        ca_fingerprint: fleet.ca.fingerprint(),
+        ca_fingerprint: ca.fingerprint(),
         id,
         secret: rand::random(),
     };
     let created_at_ms = now_ms();
     let expires_at_ms =
         created_at_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-    fleet
-        .store
+    store
         .execute(Command::CreateEnrollmentToken {
             id,
             secret_sha256: sha256(&token.secret),

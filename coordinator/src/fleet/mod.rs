@@ -54,8 +54,32 @@ pub struct FleetContext {
 }
 
 /// Binds the node endpoint on `addr`.
-pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::server(config, addr)
+///
+/// `reset_secret` keys QUIC stateless resets and the connection-id hash. It is kept in the
+/// state directory, so after a crash the restarted coordinator recognises the connection ids of
+/// the old connections as its own and answers their packets with resets the agents accept:
+/// they reconnect at once instead of waiting for their idle timeout.
+pub fn bind(
+    addr: SocketAddr,
+    config: quinn::ServerConfig,
+    reset_secret: &[u8; 32],
+) -> std::io::Result<quinn::Endpoint> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    let mut cid_key = [0u8; 8];
+    cid_key
+        .copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, reset_secret).as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let socket = std::net::UdpSocket::bind(addr)?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// Accepts connections until the endpoint is closed.
