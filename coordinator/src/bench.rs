@@ -7,6 +7,7 @@
 //! - each process's CPU (% of one core) and RSS over a steady window,
 //! - the time for all N to reconnect after the coordinator is killed (SIGKILL) and started
 //!   again, which exercises the persistent stateless-reset key.
+//!
 //! Readiness is what the fleet simulator prints when all N sessions have received Welcome.
 
 use std::path::{Path, PathBuf};
