@@ -2,9 +2,12 @@
 //!
 //! # Limits
 //! A frame's declared length is checked against the decoder's maximum **before** any buffer is
-//! sized from it, and the payload is decoded by bincode under the same byte limit, so a hostile
-//! length field (even `u32::MAX`) or a hostile collection length inside the payload can never
-//! make the receiver allocate more than the limit. A payload must be consumed exactly: trailing
+//! sized from it, and the payload is decoded by bincode under a byte limit of [`MAX_FRAME_LEN`]
+//! (a compile-time constant, so a decoder built with a smaller maximum still lets bincode
+//! pre-allocate up to `MAX_FRAME_LEN`), so a hostile length field (even `u32::MAX`) or a hostile
+//! collection length inside the payload can never make the receiver allocate more than
+//! `MAX_FRAME_LEN` at once. Collections of structs are bounded by their own deserializers (see
+//! `Inventory::gpus`), since bincode's serde path claims the limit per byte, not per element. A payload must be consumed exactly: trailing
 //! bytes are an error, not ignored.
 //!
 //! # Incomplete versus invalid

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::messages::MAX_GPUS_PER_NODE;
+
 /// MIG mode of one GPU as NVML reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigMode {
@@ -71,6 +73,40 @@ pub struct Inventory {
     pub cpu_cores: u32,
     /// Physical memory in MiB.
     pub memory_mib: u64,
-    /// The GPUs, in NVML index order.
+    /// The GPUs, in NVML index order (at most [`MAX_GPUS_PER_NODE`], enforced while decoding).
+    #[serde(deserialize_with = "bounded_gpus")]
     pub gpus: Vec<GpuInfo>,
+}
+
+/// Decodes the GPU list without trusting its declared length: the buffer never grows past
+/// [`MAX_GPUS_PER_NODE`] entries, and one more is an error, so a small hostile frame cannot
+/// make the decoder allocate for a huge list of tiny records.
+fn bounded_gpus<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<GpuInfo>, D::Error> {
+    struct Bounded;
+
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<GpuInfo>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_GPUS_PER_NODE} GPUs")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut gpus = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_GPUS_PER_NODE));
+            while let Some(gpu) = seq.next_element()? {
+                if gpus.len() == MAX_GPUS_PER_NODE {
+                    return Err(serde::de::Error::invalid_length(gpus.len() + 1, &self));
+                }
+                gpus.push(gpu);
+            }
+            Ok(gpus)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded)
 }
