@@ -126,6 +126,13 @@ pub struct NodeAgent {
     welcomed: bool,
 }
 
+/// When a certificate valid from `not_before_ms` to `not_after_ms` is due for renewal: at two
+/// thirds of its life, so a node that misses one attempt still has a third left to retry.
+pub fn renewal_due_ms(not_before_ms: i64, not_after_ms: i64) -> i64 {
+    let life = not_after_ms.saturating_sub(not_before_ms).max(0);
+    not_before_ms.saturating_add(life / 3 * 2)
+}
+
 fn wall_clock_ms() -> i64 {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -188,7 +195,7 @@ impl NodeAgent {
         let Some((not_before, not_after, _)) = cert_facts(&self.identity.cert) else {
             return now;
         };
-        let at_ms = not_before + (not_after - not_before) * 2 / 3;
+        let at_ms = renewal_due_ms(not_before, not_after);
         let wait = u64::try_from(at_ms.saturating_sub(wall_clock_ms())).unwrap_or(0);
         now + Duration::from_millis(wait)
     }
@@ -355,5 +362,22 @@ impl NodeAgent {
         }
         info!(not_after_ms = not_after, "node certificate renewed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_life() {
+        assert_eq!(renewal_due_ms(0, 3_000), 2_000);
+        // a day-long certificate backdated five minutes
+        let nb = 1_700_000_000_000 - 300_000;
+        let na = 1_700_000_000_000 + 86_400_000;
+        assert_eq!(renewal_due_ms(nb, na), nb + (na - nb) / 3 * 2);
+        // nonsense validity never panics and is due at once
+        assert_eq!(renewal_due_ms(5_000, 1_000), 5_000);
+        assert_eq!(renewal_due_ms(i64::MIN, i64::MAX), i64::MIN + i64::MAX / 3 * 2);
     }
 }
