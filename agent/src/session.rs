@@ -126,6 +126,34 @@ pub struct NodeAgent {
     welcomed: bool,
 }
 
+/// `Some(Revoked)` when a connection ended because this node was deleted: the coordinator closed
+/// the session with `NODE_REVOKED`, or refused the certificate at the handshake with the TLS
+/// alert `certificate_revoked` (a node deleted while its agent was offline).
+fn revoked(error: &quinn::ConnectionError) -> Option<SessionError> {
+    let revoked_alert =
+        quinn::TransportErrorCode::crypto(u8::from(rustls::AlertDescription::CertificateRevoked));
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == close_code::NODE_REVOKED.into() =>
+        {
+            Some(SessionError::Revoked(
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            ))
+        }
+        quinn::ConnectionError::ConnectionClosed(close) if close.error_code == revoked_alert => {
+            Some(SessionError::Revoked(
+                "the coordinator refused this node's certificate as revoked".to_owned(),
+            ))
+        }
+        quinn::ConnectionError::TransportError(e) if e.code == revoked_alert => {
+            Some(SessionError::Revoked(
+                "the coordinator refused this node's certificate as revoked".to_owned(),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// When a certificate valid from `not_before_ms` to `not_after_ms` is due for renewal: at two
 /// thirds of its life, so a node that misses one attempt still has a third left to retry.
 pub fn renewal_due_ms(not_before_ms: i64, not_after_ms: i64) -> i64 {
@@ -222,19 +250,17 @@ impl NodeAgent {
             self.settings.keep_alive,
             self.settings.idle_timeout,
         )?;
-        let conn = self
+        let conn = match self
             .endpoint
             .connect_with(config, addr, &server_name)?
-            .await?;
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => return Err(revoked(&e).unwrap_or(SessionError::Connection(e))),
+        };
         let result = self.converse(&conn).await;
         let result = match (result, conn.close_reason()) {
-            (Err(_), Some(quinn::ConnectionError::ApplicationClosed(close)))
-                if close.error_code == close_code::NODE_REVOKED.into() =>
-            {
-                Err(SessionError::Revoked(
-                    String::from_utf8_lossy(&close.reason).into_owned(),
-                ))
-            }
+            (Err(e), Some(reason)) => Err(revoked(&reason).unwrap_or(e)),
             (result, _) => result,
         };
         conn.close(close_code::DONE.into(), b"agent session ended");
@@ -378,6 +404,9 @@ mod tests {
         assert_eq!(renewal_due_ms(nb, na), nb + (na - nb) / 3 * 2);
         // nonsense validity never panics and is due at once
         assert_eq!(renewal_due_ms(5_000, 1_000), 5_000);
-        assert_eq!(renewal_due_ms(i64::MIN, i64::MAX), i64::MIN + i64::MAX / 3 * 2);
+        assert_eq!(
+            renewal_due_ms(i64::MIN, i64::MAX),
+            i64::MIN + i64::MAX / 3 * 2
+        );
     }
 }

@@ -113,9 +113,16 @@ impl ServerCertVerifier for CaFingerprintVerifier {
 }
 
 /// The coordinator presented a CA other than the token's.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("{FINGERPRINT_MISMATCH}")]
 pub struct FingerprintMismatch;
+
+/// rustls shows a verifier's own error with `Debug`, so `Debug` says what happened in words.
+impl std::fmt::Debug for FingerprintMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(FINGERPRINT_MISMATCH)
+    }
+}
 
 /// A TLS client configuration failed to build.
 #[derive(Debug, thiserror::Error)]

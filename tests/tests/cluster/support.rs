@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Path of a workspace binary in the target directory this test was built into.
-pub fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
@@ -25,7 +25,7 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `check` every 100 ms until it is true, failing the test after `limit`.
-pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -57,7 +57,7 @@ fn free_tcp_port() -> u16 {
 }
 
 /// An agent config for a simulated host with two H100s.
-pub fn agent_config(state_dir: &Path, coordinator: &str) -> String {
+pub(crate) fn agent_config(state_dir: &Path, coordinator: &str) -> String {
     format!(
         "state_dir = {:?}\ncoordinator = {coordinator:?}\nbackend = \"sim\"\nsim_gpus = \"2xH100-80GB\"\n\
          keep_alive_secs = 1\nidle_timeout_secs = 6\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n",
@@ -66,7 +66,7 @@ pub fn agent_config(state_dir: &Path, coordinator: &str) -> String {
 }
 
 /// Admin API client.
-pub struct Api {
+pub(crate) struct Api {
     client: reqwest::Client,
     base: String,
     token: String,
@@ -74,7 +74,7 @@ pub struct Api {
 
 impl Api {
     /// `GET /v1/nodes` → the node array.
-    pub async fn nodes(&self) -> Vec<serde_json::Value> {
+    pub(crate) async fn nodes(&self) -> Vec<serde_json::Value> {
         let body: serde_json::Value = self
             .client
             .get(format!("{}/v1/nodes", self.base))
@@ -89,7 +89,7 @@ impl Api {
     }
 
     /// `GET /v1/nodes/{id}`.
-    pub async fn node(&self, id: &str) -> serde_json::Value {
+    pub(crate) async fn node(&self, id: &str) -> serde_json::Value {
         self.client
             .get(format!("{}/v1/nodes/{id}", self.base))
             .bearer_auth(&self.token)
@@ -102,7 +102,7 @@ impl Api {
     }
 
     /// `POST /v1/enrollment-tokens` → the token string.
-    pub async fn token(&self) -> String {
+    pub(crate) async fn token(&self) -> String {
         let body: serde_json::Value = self
             .client
             .post(format!("{}/v1/enrollment-tokens", self.base))
@@ -119,7 +119,7 @@ impl Api {
 }
 
 /// A coordinator process and agent processes, all killed on drop.
-pub struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
     node_port: u16,
     api_port: u16,
@@ -137,7 +137,7 @@ impl Cluster {
     }
 
     /// Starts `gpuaas-coordinator serve` and waits until its API answers.
-    pub async fn start() -> Cluster {
+    pub(crate) async fn start() -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let node_port = free_port();
@@ -175,7 +175,7 @@ impl Cluster {
     }
 
     /// An API client with the bootstrap admin token and the cluster CA.
-    pub fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         let ca = std::fs::read(self.state_dir().join("ca.crt")).expect("ca.crt");
         let client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
@@ -191,7 +191,7 @@ impl Cluster {
     }
 
     /// Enrols agent `i` with `gpuaas-agent enroll`, starts `gpuaas-agent run`, returns its id.
-    pub async fn enrol_and_run_agent(&mut self, i: usize) -> String {
+    pub(crate) async fn enrol_and_run_agent(&mut self, i: usize) -> String {
         let token = self.api().token().await;
         let state = self.dir.path().join(format!("agent-{i}"));
         let config = self.dir.path().join(format!("agent-{i}.toml"));
@@ -232,14 +232,14 @@ impl Cluster {
     }
 
     /// SIGKILLs agent `i`.
-    pub fn kill_agent(&mut self, i: usize) {
+    pub(crate) fn kill_agent(&mut self, i: usize) {
         if let Some(mut child) = self.agents[i].take() {
             child.start_kill().expect("kill agent");
         }
     }
 
     /// Whether agent `i` exits by itself within `limit`.
-    pub async fn agent_exits_within(&mut self, i: usize, limit: Duration) -> bool {
+    pub(crate) async fn agent_exits_within(&mut self, i: usize, limit: Duration) -> bool {
         let Some(child) = self.agents[i].as_mut() else {
             return true;
         };
@@ -247,7 +247,7 @@ impl Cluster {
     }
 
     /// Kills the coordinator and starts it again on the same state and ports.
-    pub async fn restart_coordinator(&mut self) {
+    pub(crate) async fn restart_coordinator(&mut self) {
         self.coordinator.start_kill().expect("kill coordinator");
         let _ = self.coordinator.wait().await;
         self.coordinator = spawn_coordinator(&self.config_path());
@@ -269,7 +269,7 @@ impl Cluster {
     }
 
     /// Runs gpuaasctl, expecting success; returns stdout.
-    pub async fn ctl(&self, args: &[&str]) -> String {
+    pub(crate) async fn ctl(&self, args: &[&str]) -> String {
         let out = self
             .ctl_command(args)
             .output()
@@ -285,7 +285,7 @@ impl Cluster {
     }
 
     /// Runs gpuaasctl, expecting failure; returns stderr.
-    pub async fn ctl_fails(&self, args: &[&str]) -> String {
+    pub(crate) async fn ctl_fails(&self, args: &[&str]) -> String {
         let out = self
             .ctl_command(args)
             .output()
@@ -309,7 +309,7 @@ fn spawn_coordinator(config: &Path) -> Child {
 
 /// Runs `gpuaas-coordinator dev --nodes n`, checks the printed endpoint shows n Ready nodes,
 /// then stops it with SIGINT and expects a clean exit.
-pub async fn dev_mode_round_trip(n: usize) {
+pub(crate) async fn dev_mode_round_trip(n: usize) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let state = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(bin("gpuaas-coordinator"))
