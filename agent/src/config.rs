@@ -5,7 +5,7 @@
 //! # coordinator = "coord.example:7443" # overrides the address saved at enrolment
 //! backend = "nvml"                     # or "sim" (tests, dev)
 //! sim_gpus = "8xH100-80GB"             # GPUs of the simulated backend
-//! keep_alive_secs = 5                  # QUIC keep-alive
+//! keep_alive_secs = 10                 # QUIC keep-alive (heartbeats usually keep it busy)
 //! idle_timeout_secs = 30               # QUIC idle timeout
 //! reconnect_min_ms = 500               # first reconnect delay
 //! reconnect_max_ms = 30000             # reconnect delay cap
@@ -86,7 +86,7 @@ impl Default for Config {
             coordinator: None,
             backend: BackendKind::Nvml,
             sim_gpus: "8xH100-80GB".into(),
-            keep_alive_secs: 5,
+            keep_alive_secs: 10,
             idle_timeout_secs: 30,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,

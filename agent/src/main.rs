@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, default_value = "8xH100-80GB")]
         gpus: String,
         /// QUIC keep-alive, seconds.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 10)]
         keep_alive_secs: u64,
     },
 }

@@ -1,6 +1,7 @@
 //! Addresses: `host:port` parsing and resolution, and the QUIC client endpoint.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Splits `host:port` (`[v6]:port` too) into the host (brackets removed) and the port.
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
@@ -60,7 +61,19 @@ pub fn client_endpoint(for_addr: SocketAddr) -> Result<quinn::Endpoint, NetError
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    quinn::Endpoint::client(bind).map_err(NetError::Bind)
+    let socket = std::net::UdpSocket::bind(bind).map_err(NetError::Bind)?;
+    // The fleet simulator multiplexes up to a thousand nodes on one socket: give bursts of
+    // handshake replies room (capped by the kernel at net.core.rmem_max).
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(NetError::Bind)
 }
 
 #[cfg(test)]

@@ -331,7 +331,9 @@ impl NodeAgent {
             heartbeat_ms = welcome.heartbeat_interval_ms, "connected to the coordinator");
 
         let period = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 300_000));
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A random phase, so nodes that connected together do not heartbeat together.
+        let phase = period.mul_f64(rand::random::<f64>());
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
         let mut renewing = false;

@@ -8,7 +8,8 @@
 //! heartbeat_interval_secs = 5                  # agents send a heartbeat this often
 //! node_timeout_secs = 15                       # silence after which a node is NotReady
 //! node_cert_ttl_secs = 86400                   # lifetime of node certificates
-//! idle_timeout_secs = 30                       # QUIC idle timeout
+//! idle_timeout_secs = 15                       # QUIC idle timeout (bounds how long a node
+//!                                              # that missed a restart keeps a dead session)
 //! ```
 
 use std::net::SocketAddr;
@@ -85,7 +86,7 @@ impl Default for Config {
             heartbeat_interval_secs: 5,
             node_timeout_secs: 15,
             node_cert_ttl_secs: 86_400,
-            idle_timeout_secs: 30,
+            idle_timeout_secs: 15,
         }
     }
 }

@@ -80,7 +80,7 @@ pub async fn run(options: DevOptions) -> Result<()> {
         api_listen: options.api_listen,
         heartbeat_interval_secs: options.heartbeat_secs,
         node_timeout_secs: 3 * options.heartbeat_secs,
-        idle_timeout_secs: 6 * options.heartbeat_secs,
+        idle_timeout_secs: 3 * options.heartbeat_secs,
         ..Config::default()
     };
     let running = server::start(&config).await?;

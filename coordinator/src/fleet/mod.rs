@@ -70,16 +70,42 @@ pub fn bind(
         .copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, reset_secret).as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(key));
+    // quinn sends at most one stateless reset per 20 ms by default: 50 nodes a second, so a
+    // fleet of 5,000 would need 100 s to learn of a restart, and a burst of heartbeats within
+    // one interval gets a single reset. Resets are always smaller than the packet that
+    // provoked them (no amplification, no reset loops), so no interval is needed.
+    endpoint_config.min_reset_interval(Duration::ZERO);
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
     let socket = std::net::UdpSocket::bind(addr)?;
+    grow_buffers(&socket);
     quinn::Endpoint::new(
         endpoint_config,
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
+}
+
+/// Wanted size of the node socket's kernel buffers. Thousands of agents reconnecting at once
+/// (after a coordinator restart) send a burst of 1200-byte Initial packets; with the default
+/// 208 KiB buffer most are dropped and every drop costs an agent a handshake timeout. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    let got = sock.recv_buffer_size().unwrap_or(0);
+    if got < SOCKET_BUFFER_BYTES {
+        tracing::info!(
+            receive_buffer = got,
+            wanted = SOCKET_BUFFER_BYTES,
+            "UDP receive buffer capped by net.core.rmem_max; raise it for large fleets"
+        );
+    }
 }
 
 /// Accepts connections until the endpoint is closed.

@@ -91,6 +91,8 @@ pub enum ReadQuery {
     GetToken(TokenId),
     /// [`count_api_tokens`].
     CountApiTokens,
+    /// [`count_nodes_seen_since`].
+    CountNodesSeenSince(i64),
     /// The settings of the write connection.
     WriteSettings,
 }
@@ -105,6 +107,7 @@ impl fmt::Display for ReadQuery {
             ReadQuery::ApiTokenByHash => f.write_str("an api token by hash"),
             ReadQuery::GetToken(id) => write!(f, "enrollment token {id}"),
             ReadQuery::CountApiTokens => f.write_str("the api token count"),
+            ReadQuery::CountNodesSeenSince(ms) => write!(f, "the count of nodes seen since {ms}"),
             ReadQuery::WriteSettings => f.write_str("the write connection settings"),
         }
     }
@@ -203,6 +206,20 @@ pub fn count_api_tokens(conn: &Connection) -> Result<u64, StoreError> {
         u64::try_from(count).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, count))
     })
     .map_err(failed(ReadQuery::CountApiTokens))
+}
+
+/// How many live nodes were last seen at or after `since_ms` (a Hello records the time it
+/// arrived), for benchmarks that wait until every node has reconnected.
+pub fn count_nodes_seen_since(conn: &Connection, since_ms: i64) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM nodes WHERE deleted_at_ms IS NULL AND last_seen_at_ms >= ?1",
+        [since_ms],
+        |row| {
+            let count: i64 = row.get(0)?;
+            u64::try_from(count).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, count))
+        },
+    )
+    .map_err(failed(ReadQuery::CountNodesSeenSince(since_ms)))
 }
 
 fn failed(query: ReadQuery) -> impl FnOnce(rusqlite::Error) -> StoreError {
