@@ -6,26 +6,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deps() {
-  local out
-  out=$(cargo tree -p "$1" -e normal --prefix none --format '{p}') || { echo "cargo tree -p $1 failed" >&2; exit 2; }
-  [ -n "$out" ] || { echo "cargo tree -p $1 printed nothing" >&2; exit 2; }
-  awk '{print $1}' <<<"$out" | sort -u
-}
 fail=0
-forbid() { # crate, forbidden dependency, reason
-  if deps "$1" | grep -qx "$2"; then
-    echo "FORBIDDEN: $1 depends on $2 ($3)"; fail=1
+check() { # crate, then forbidden dependencies; the last argument is the reason
+  local crate=$1 reason=${*: -1} tree
+  # Captured first, so that a failing or empty `cargo tree` stops the script.
+  tree=$(cargo tree -p "$crate" -e normal --prefix none --format '{p}')
+  if [ -z "$tree" ]; then
+    echo "cargo tree -p $crate printed nothing" >&2
+    exit 2
   fi
+  local names
+  names=$(awk '{print $1}' <<<"$tree" | sort -u)
+  for dep in "${@:2:$#-2}"; do
+    if grep -qx -- "$dep" <<<"$names"; then
+      echo "FORBIDDEN: $crate depends on $dep ($reason)"
+      fail=1
+    fi
+  done
 }
-forbid gpuaas-coordinator gpuaas-isolation "the coordinator never touches hosts"
-forbid gpuaas-coordinator gpuaas-agent "dev mode starts the agent as a process"
-forbid gpuaas-agent gpuaas-coordinator "the agent never links the store"
-for d in tokio quinn rusqlite axum mio socket2; do
-  forbid gpuaas-proto "$d" "proto is sans-IO"
-done
-for d in gpuaas-isolation gpuaas-agent gpuaas-coordinator quinn rusqlite; do
-  forbid gpuaas-ctl "$d" "gpuaasctl speaks HTTP only"
-done
-[ "$fail" -eq 0 ] && echo "dependency direction ok"
-exit "$fail"
+
+check gpuaas-coordinator gpuaas-isolation gpuaas-agent "the coordinator never touches hosts; dev mode runs the agent as a process"
+check gpuaas-agent gpuaas-coordinator "the agent never links the coordinator or its store"
+check gpuaas-proto tokio quinn rusqlite axum mio socket2 "proto is sans-IO"
+check gpuaas-ctl gpuaas-isolation gpuaas-agent gpuaas-coordinator quinn rusqlite "gpuaasctl speaks HTTP only"
+
+if [ "$fail" -ne 0 ]; then
+  exit 1
+fi
+echo "dependency direction ok"

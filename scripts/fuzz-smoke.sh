@@ -27,7 +27,7 @@ fi
 
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "fuzz-smoke: cargo-fuzz is missing, installing it"
-    cargo +nightly install cargo-fuzz --locked
+    cargo +nightly install cargo-fuzz --locked --version 0.13.2
 fi
 
 echo "fuzz-smoke: $(cargo +nightly fuzz --version), $(rustup run nightly rustc --version)"

@@ -32,6 +32,8 @@ use crate::session::{Connected, NodeAgent};
 pub const NODES_PER_ENDPOINT: usize = 1000;
 /// Most simulated nodes in one process.
 pub const MAX_NODES: usize = 20_000;
+/// UDP buffer size asked for each of the fleet's sockets.
+pub const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// Enrolments in flight at once.
 const ENROLL_CONCURRENCY: usize = 32;
 
@@ -85,7 +87,7 @@ pub async fn run(options: FleetOptions) -> Result<()> {
     };
     let (addr, _) = resolve(&options.coordinator).await?;
     let endpoints = (0..options.count.div_ceil(NODES_PER_ENDPOINT))
-        .map(|_| client_endpoint(addr))
+        .map(|_| client_endpoint(addr, Some(SOCKET_BUFFER_BYTES)))
         .collect::<Result<Vec<_>, _>>()?;
 
     let started = Instant::now();

@@ -105,7 +105,7 @@ async fn run(config: Config) -> Result<()> {
         .clone()
         .unwrap_or_else(|| identity.coordinator.clone());
     let (addr, _) = net::resolve(&coordinator).await?;
-    let endpoint = net::client_endpoint(addr)?;
+    let endpoint = net::client_endpoint(addr, None)?;
     let host = HostFacts::detect().context("cannot read host facts")?;
     tracing::info!(node_id = %identity.node_id, %coordinator, backend = ?config.backend, "agent starting");
     let agent = NodeAgent::new(
@@ -155,7 +155,7 @@ async fn main() -> Result<()> {
                 );
             }
             let (addr, _) = net::resolve(&coordinator).await?;
-            let endpoint = net::client_endpoint(addr)?;
+            let endpoint = net::client_endpoint(addr, None)?;
             let host = HostFacts::detect().context("cannot read host facts")?;
             let identity = enroll::enroll(&endpoint, &coordinator, &token, &host.hostname)
                 .await

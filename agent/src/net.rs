@@ -55,18 +55,24 @@ pub async fn resolve(address: &str) -> Result<(SocketAddr, String), NetError> {
 }
 
 /// A client-only QUIC endpoint on an ephemeral port of the right address family.
-pub fn client_endpoint(for_addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+/// `socket_buffer` asks the kernel for larger UDP buffers (capped by `net.core.rmem_max`); the
+/// fleet simulator multiplexes up to a thousand nodes on one socket and needs room for bursts
+/// of handshake replies, a single agent does not.
+pub fn client_endpoint(
+    for_addr: SocketAddr,
+    socket_buffer: Option<usize>,
+) -> Result<quinn::Endpoint, NetError> {
     let bind: SocketAddr = if for_addr.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
     let socket = std::net::UdpSocket::bind(bind).map_err(NetError::Bind)?;
-    // The fleet simulator multiplexes up to a thousand nodes on one socket: give bursts of
-    // handshake replies room (capped by the kernel at net.core.rmem_max).
-    let sock = socket2::SockRef::from(&socket);
-    let _ = sock.set_recv_buffer_size(4 << 20);
-    let _ = sock.set_send_buffer_size(4 << 20);
+    if let Some(bytes) = socket_buffer {
+        let sock = socket2::SockRef::from(&socket);
+        let _ = sock.set_recv_buffer_size(bytes);
+        let _ = sock.set_send_buffer_size(bytes);
+    }
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         None,

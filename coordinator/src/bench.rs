@@ -12,11 +12,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use crate::api::tokens::issue_with;
@@ -48,6 +49,9 @@ pub struct FleetBench {
     /// How many times to kill and restart the coordinator.
     #[arg(long, default_value_t = 3)]
     pub restarts: usize,
+    /// Stop the coordinator with SIGTERM (it closes every connection) instead of SIGKILL.
+    #[arg(long)]
+    pub graceful: bool,
     /// Keep the state here (default: a temporary directory).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -155,6 +159,13 @@ async fn next_event(
         .with_context(|| format!("no {event} within {limit:?}"))?
 }
 
+/// When half, 99 % and all of the nodes were back.
+struct Reconnect {
+    p50: Duration,
+    p99: Duration,
+    all: Duration,
+}
+
 /// Waits until the restarted coordinator has recorded a Hello from every node: the fleet's own
 /// count could still include sessions that have not noticed the crash yet.
 async fn wait_all_seen(
@@ -163,7 +174,8 @@ async fn wait_all_seen(
     restarted_ms: i64,
     nodes: usize,
     limit: Duration,
-) -> Result<Duration> {
+) -> Result<Reconnect> {
+    let (mut p50, mut p99) = (None, None);
     loop {
         let seen = tokio::task::spawn_blocking({
             let db = db.to_owned();
@@ -179,8 +191,19 @@ async fn wait_all_seen(
             }
         })
         .await??;
+        let elapsed = restarted.elapsed();
+        if p50.is_none() && seen * 2 >= nodes as u64 {
+            p50 = Some(elapsed);
+        }
+        if p99.is_none() && seen * 100 >= nodes as u64 * 99 {
+            p99 = Some(elapsed);
+        }
         if seen >= nodes as u64 {
-            return Ok(restarted.elapsed());
+            return Ok(Reconnect {
+                p50: p50.unwrap_or(elapsed),
+                p99: p99.unwrap_or(elapsed),
+                all: elapsed,
+            });
         }
         if restarted.elapsed() > limit {
             bail!("only {seen} of {nodes} nodes reconnected within {limit:?}");
@@ -221,25 +244,20 @@ async fn fleet(options: FleetBench) -> Result<()> {
 
     // Prepare the cluster and N tokens before the server runs.
     let init = server::init(&state_dir).await?;
+    let (store, ca) = (Arc::new(init.store), Arc::new(init.ca));
     let tokens_path = root.join("tokens");
+    let creates = (0..options.nodes).map(|i| {
+        let (store, ca) = (store.clone(), ca.clone());
+        async move { issue_with(&store, &ca, Duration::from_secs(3600), format!("bench {i}")).await }
+    });
     let mut tokens = String::new();
-    for i in 0..options.nodes {
-        let created = issue_with(
-            &init.store,
-            &init.ca,
-            Duration::from_secs(3600),
-            format!("bench {i}"),
-        )
-        .await
-        .context("cannot create a token")?;
-        tokens.push_str(&created.token);
+    for created in crate::dev::join_all(creates).await {
+        tokens.push_str(&created.context("cannot create a token")?.token);
         tokens.push('\n');
     }
-    init.store.close().await.context("cannot close the store")?;
-    tokio::fs::File::create(&tokens_path)
-        .await?
-        .write_all(tokens.as_bytes())
-        .await?;
+    let store = Arc::try_unwrap(store).map_err(|_| anyhow::anyhow!("store still shared"))?;
+    store.close().await.context("cannot close the store")?;
+    crate::pki::write_private(&tokens_path, tokens.as_bytes(), 0o600)?;
 
     let mut coordinator = spawn_coordinator(&config_path)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -285,7 +303,16 @@ async fn fleet(options: FleetBench) -> Result<()> {
     let db = state_dir.join(server::STORE_FILE);
     let mut reconnects = Vec::new();
     for _ in 0..options.restarts {
-        coordinator.start_kill()?;
+        if options.graceful {
+            let pid = nix::unistd::Pid::from_raw(
+                i32::try_from(coordinator.id().context("coordinator exited")?)
+                    .context("pid out of range")?,
+            );
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+                .context("cannot send SIGTERM")?;
+        } else {
+            coordinator.start_kill()?;
+        }
         coordinator.wait().await?;
         let restarted = Instant::now();
         let restarted_ms = crate::clock::now_ms();
@@ -299,15 +326,27 @@ async fn fleet(options: FleetBench) -> Result<()> {
     println!(
         "bench fleet: nodes={nodes} heartbeat={hb}s gpus={}\n\
          enrol+connect all:       {:>8.2} s (enrolment alone {} ms)\n\
-         reconnect after restart: {} s (coordinator killed with SIGKILL and restarted, each run)\n\
+         reconnect after {}: {} s (50% / 99% / all back, each restart)\n\
          coordinator steady:      {:>8.1} % of one core, RSS {:.0} MiB (window {} s)\n\
          fleet simulator steady:  {:>8.1} % of one core, RSS {:.0} MiB, {:.0} KiB per node",
         options.gpus,
         connect_all.as_secs_f64(),
         enrolled["elapsed_ms"],
+        if options.graceful {
+            "SIGTERM"
+        } else {
+            "SIGKILL"
+        },
         reconnects
             .iter()
-            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .map(|r| {
+                format!(
+                    "{:.1}/{:.1}/{:.1}",
+                    r.p50.as_secs_f64(),
+                    r.p99.as_secs_f64(),
+                    r.all.as_secs_f64()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
         s.coordinator_cpu_pct,

@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use tokio::io::AsyncWriteExt;
 
 use crate::api::tokens;
 use crate::clock::now_ms;
@@ -143,21 +142,16 @@ async fn write_tokens(running: &Running, path: &std::path::Path, count: usize) -
                 tokens::issue(&fleet, Duration::from_secs(3600), format!("dev node {i}")).await
             }
         });
-    for created in futures_join_all(creates).await {
+    for created in join_all(creates).await {
         lines.push_str(&created.context("cannot create an enrolment token")?.token);
         lines.push('\n');
     }
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(lines.as_bytes())
-        .await
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::pki::write_private(path, lines.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Runs futures concurrently (so the store groups their commits) and keeps their order.
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+pub(crate) async fn join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
@@ -181,12 +175,15 @@ fn print_banner(running: &Running, options: &DevOptions, took: Duration) -> Resu
     let token = token.trim();
     let ca = crate::pki::ClusterCa::cert_path(&running.state_dir);
     let endpoint = format!("https://{}", running.api_addr);
+    let ctl = std::env::current_exe()
+        .map(|me| me.with_file_name("gpuaasctl").display().to_string())
+        .unwrap_or_else(|_| "gpuaasctl".to_owned());
     println!(
         "GPUaaS dev cluster is up: {} simulated node(s) with {} each, Ready in {:.1} s\n\
          \n  admin API     {endpoint}\n  admin token   {token}\n  cluster CA    {}\n  \
          node endpoint {} (QUIC)\n  state dir     {}\n\
          \nTry it from another shell:\n  export GPUAAS_ENDPOINT={endpoint} GPUAAS_TOKEN={token} \
-         GPUAAS_CA_CERT={}\n  gpuaasctl node list\n\nPress Ctrl-C to stop.",
+         GPUAAS_CA_CERT={}\n  {ctl} node list\n\nPress Ctrl-C to stop.",
         options.nodes,
         options.gpus,
         took.as_secs_f64(),

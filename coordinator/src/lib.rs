@@ -5,7 +5,7 @@
 //! - [`pki`]: the cluster CA, server and node certificates;
 //! - [`fleet`]: the QUIC endpoint, enrolment, node sessions, liveness registry;
 //! - [`api`]: the admin HTTPS API;
-//! - [`config`], [`server`], [`dev`], [`bench`], [`observability`], [`clock`]: assembly.
+//! - [`config`], [`server`], [`dev`], [`mod@bench`], [`observability`], [`clock`]: assembly.
 //!
 //! The coordinator never links `gpuaas-isolation`: dev mode starts `gpuaas-agent fleet` as a
 //! separate process.

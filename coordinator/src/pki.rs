@@ -340,3 +340,85 @@ pub fn node_id_from_cert(der: &[u8]) -> Result<NodeId, PkiError> {
         .ok_or(PkiError::NoNodeId)?;
     cn.parse().map_err(|_| PkiError::NoNodeId)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn ca_is_created_once_with_a_private_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, created) = ClusterCa::load_or_create(dir.path()).unwrap();
+        assert!(created);
+        assert_eq!(mode(&dir.path().join(CA_KEY_FILE)), 0o600);
+        let (again, created) = ClusterCa::load_or_create(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(again.fingerprint(), ca.fingerprint());
+        assert_eq!(again.fingerprint(), sha256(again.cert_der()));
+    }
+
+    #[test]
+    fn half_a_ca_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        ClusterCa::create(dir.path()).unwrap();
+        fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
+        let err = ClusterCa::load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, PkiError::IncompleteCa { .. }), "{err}");
+    }
+
+    #[test]
+    fn node_certificate_names_the_node_whatever_the_csr_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "node-00000000000000ff");
+        let csr = params.serialize_request(&key).unwrap();
+        let node = NodeId::from_raw(0x42);
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(3600);
+        let issued = ca.issue_node(csr.der(), node, now, ttl).unwrap();
+        assert_eq!(node_id_from_cert(&issued.der).unwrap(), node);
+
+        let (_, cert) = x509_parser::parse_x509_certificate(&issued.der).unwrap();
+        let now_s = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now_s = i64::try_from(now_s).unwrap();
+        let not_before = cert.validity().not_before.timestamp();
+        let not_after = cert.validity().not_after.timestamp();
+        assert_eq!(
+            now_s - not_before,
+            300,
+            "notBefore is backdated five minutes"
+        );
+        assert_eq!(not_after - now_s, 3600);
+        assert_eq!(issued.not_after_ms / 1000, not_after);
+        assert!(
+            cert.subject_alternative_name().unwrap().is_none(),
+            "CSR SANs are dropped"
+        );
+    }
+
+    #[test]
+    fn garbage_csr_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path()).unwrap();
+        let err = ca
+            .issue_node(
+                b"not a csr",
+                NodeId::from_raw(1),
+                SystemTime::now(),
+                Duration::from_secs(60),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("certificate signing request"),
+            "{err}"
+        );
+    }
+}

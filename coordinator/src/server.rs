@@ -74,9 +74,15 @@ pub async fn init(state_dir: &Path) -> Result<Initialized> {
     }
     std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict state directory {}", state_dir.display()))?;
-    let store = Store::open(state_dir.join(STORE_FILE))
-        .with_context(|| format!("cannot open the store in {}", state_dir.display()))?;
-    let (ca, ca_created) = ClusterCa::load_or_create(state_dir).context("cluster CA")?;
+    let dir = state_dir.to_owned();
+    let (store, (ca, ca_created)) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let store = Store::open(dir.join(STORE_FILE))
+            .with_context(|| format!("cannot open the store in {}", dir.display()))?;
+        let ca = ClusterCa::load_or_create(&dir).context("cluster CA")?;
+        Ok((store, ca))
+    })
+    .await
+    .context("store start-up task failed")??;
     let existing = store
         .read(read::count_api_tokens)
         .await
@@ -85,6 +91,14 @@ pub async fn init(state_dir: &Path) -> Result<Initialized> {
     if admin_token_created {
         let secret: [u8; 32] = rand::random();
         let token = gpuaas_proto::token::to_hex(&secret);
+        // The file first: if storing fails, the next start writes a new token over it; the
+        // other order could leave a stored token that nobody can read.
+        write_private(
+            &state_dir.join(ADMIN_TOKEN_FILE),
+            format!("{token}\n").as_bytes(),
+            0o600,
+        )
+        .context("cannot write the bootstrap admin token")?;
         store
             .execute(Command::CreateApiToken {
                 name: "bootstrap-admin".into(),
@@ -94,12 +108,6 @@ pub async fn init(state_dir: &Path) -> Result<Initialized> {
             })
             .await
             .context("cannot store the bootstrap admin token")?;
-        write_private(
-            &state_dir.join(ADMIN_TOKEN_FILE),
-            format!("{token}\n").as_bytes(),
-            0o600,
-        )
-        .context("cannot write the bootstrap admin token")?;
         tracing::info!(path = %state_dir.join(ADMIN_TOKEN_FILE).display(),
             "bootstrap admin token written");
     }
@@ -227,5 +235,55 @@ pub async fn shutdown_signal() -> Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("cannot wait for Ctrl-C"),
         _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn init_is_idempotent_and_keeps_secrets_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = init(&state).await.unwrap();
+        assert!(first.ca_created && first.admin_token_created);
+        let fingerprint = first.ca.fingerprint();
+        first.store.close().await.unwrap();
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join(ADMIN_TOKEN_FILE)), 0o600);
+        assert_eq!(mode(&state.join("ca.key")), 0o600);
+        let token = std::fs::read_to_string(state.join(ADMIN_TOKEN_FILE)).unwrap();
+
+        let second = init(&state).await.unwrap();
+        assert!(!second.ca_created && !second.admin_token_created);
+        assert_eq!(second.ca.fingerprint(), fingerprint);
+        assert_eq!(
+            std::fs::read_to_string(state.join(ADMIN_TOKEN_FILE)).unwrap(),
+            token
+        );
+        let hash = sha256(token.trim().as_bytes());
+        let found = second
+            .store
+            .read(move |c| read::api_token_by_hash(c, &hash))
+            .await
+            .unwrap();
+        assert!(found.is_some(), "the token in the file is the stored one");
+    }
+
+    #[test]
+    fn reset_secret_is_created_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESET_KEY_FILE);
+        let secret = load_or_create_secret(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(load_or_create_secret(&path).unwrap(), secret);
+        std::fs::write(&path, b"short").unwrap();
+        let err = load_or_create_secret(&path).unwrap_err().to_string();
+        assert!(err.contains("expected 32"), "{err}");
     }
 }

@@ -143,7 +143,9 @@ fn parse_group(raw: &str) -> Result<SimGroup, SimSpecError> {
         Some((body, option)) => (body, Some(option)),
         None => (part, None),
     };
+    // `8xH100-80GB` and `8 x H100-80GB` alike.
     let (count, model_name) = body.split_once('x').ok_or_else(shape)?;
+    let (count, model_name) = (count.trim(), model_name.trim());
     if count.is_empty() || model_name.is_empty() {
         return Err(shape());
     }

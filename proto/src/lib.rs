@@ -27,4 +27,4 @@ pub mod version;
 
 pub use codec::{CodecError, Decoded, FrameDecoder, MAX_FRAME_LEN, encode_frame};
 pub use ids::{AllocationId, IdParseError, NodeId, TokenId};
-pub use version::{PROTOCOL_VERSION, ProtocolVersion, VersionMismatch};
+pub use version::{FirstMessage, PROTOCOL_VERSION, ProtocolVersion, VersionMismatch, peek_version};

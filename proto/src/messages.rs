@@ -8,6 +8,11 @@
 //!   [`CoordinatorFrame`] carrying [`CoordinatorMessage::Welcome`] or a refusal. Heartbeats and
 //!   status follow on the same stream. Later issues add allocation and metering messages.
 //!
+//! The number in an ALPN names the framing generation, not the protocol version: the version
+//! is negotiated in the first message of each stream, whose version prefix stays decodable by
+//! every later build (`crate::version::peek_version`), so a peer of another major version is
+//! refused with a message naming both versions rather than a bare TLS or decode failure.
+//!
 //! Every message the coordinator sends is wrapped in a [`CoordinatorFrame`] that carries the
 //! coordinator's [`Term`], so a node can ignore orders from a deposed leader.
 //!

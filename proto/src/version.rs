@@ -48,6 +48,36 @@ impl ProtocolVersion {
     }
 }
 
+/// The version a peer declares in a payload that does not decode as a message of this build:
+/// the layout-stable prefix of the first message on each stream. `Hello` and `EnrollRequest`
+/// start with their [`ProtocolVersion`], and `Hello` is variant 0 of `AgentMessage`, so a later
+/// major version that changes anything after that prefix can still be refused by name.
+pub fn peek_version(payload: &[u8], first: FirstMessage) -> Option<ProtocolVersion> {
+    let config = bincode::config::standard().with_limit::<64>();
+    let version = match first {
+        FirstMessage::Hello => {
+            let ((variant, version), _): ((u32, ProtocolVersion), usize) =
+                bincode::serde::decode_from_slice(payload, config).ok()?;
+            (variant == 0).then_some(version)?
+        }
+        FirstMessage::EnrollRequest => {
+            bincode::serde::decode_from_slice::<ProtocolVersion, _>(payload, config)
+                .ok()?
+                .0
+        }
+    };
+    Some(version)
+}
+
+/// Which first message [`peek_version`] looks into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstMessage {
+    /// `AgentMessage::Hello` on the control stream.
+    Hello,
+    /// `EnrollRequest` on the enrolment stream.
+    EnrollRequest,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +88,32 @@ mod tests {
         let theirs = ProtocolVersion { major: 1, minor: 1 };
         assert_eq!(ours.negotiate(theirs), Ok(theirs));
         assert_eq!(theirs.negotiate(ours), Ok(theirs));
+    }
+
+    #[test]
+    fn version_is_read_from_a_future_layout() {
+        use crate::messages::{AgentMessage, EnrollRequest};
+        let future = ProtocolVersion { major: 2, minor: 7 };
+        // variant 0 (Hello), the version, then bytes this build cannot decode
+        let mut payload =
+            bincode::serde::encode_to_vec((0u32, future), bincode::config::standard()).unwrap();
+        payload.extend_from_slice(&[0xff; 9]);
+        let decoder = crate::codec::FrameDecoder::default();
+        assert!(decoder.decode_payload::<AgentMessage>(&payload).is_err());
+        assert_eq!(peek_version(&payload, FirstMessage::Hello), Some(future));
+        assert!(
+            decoder
+                .decode_payload::<EnrollRequest>(&payload[1..])
+                .is_err()
+        );
+        assert_eq!(
+            peek_version(&payload[1..], FirstMessage::EnrollRequest),
+            Some(future)
+        );
+        // another variant, or too few bytes: no version
+        payload[0] = 1;
+        assert_eq!(peek_version(&payload, FirstMessage::Hello), None);
+        assert_eq!(peek_version(&[], FirstMessage::EnrollRequest), None);
     }
 
     #[test]

@@ -52,6 +52,15 @@ impl ApiError {
         }
     }
 
+    /// 405.
+    pub fn method_not_allowed() -> Self {
+        Self {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            message: "this endpoint does not accept that method".into(),
+        }
+    }
+
     /// 500; the cause is logged, not sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error in the admin API");

@@ -44,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/nodes/{id}", get(nodes::get).delete(nodes::delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -12,11 +12,11 @@ use std::time::{Duration, SystemTime};
 use gpuaas_proto::codec::FrameDecoder;
 use gpuaas_proto::messages::{EnrollRequest, EnrollResponse, Refusal, RefusalCode, close_code};
 use gpuaas_proto::token::EnrollmentToken;
-use gpuaas_proto::{NodeId, PROTOCOL_VERSION};
+use gpuaas_proto::{FirstMessage, NodeId, PROTOCOL_VERSION, peek_version};
 use tracing::{info, warn};
 
 use super::FleetContext;
-use super::framing::{read_frame, write_frame};
+use super::framing::{read_payload, write_frame};
 use crate::clock::unix_ms;
 use crate::pki::sha256;
 use crate::store::{ApplyError, Command, StoreError};
@@ -36,10 +36,10 @@ fn refuse(code: RefusalCode, message: impl Into<String>) -> EnrollResponse {
 /// Serves one enrolment connection.
 pub(super) async fn serve(ctx: Arc<FleetContext>, conn: quinn::Connection) {
     let remote = conn.remote_address();
+    let decoder = FrameDecoder::new(MAX_ENROLL_FRAME);
     let accepted = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let (send, mut recv) = conn.accept_bi().await?;
-        let decoder = FrameDecoder::new(MAX_ENROLL_FRAME);
-        let request = read_frame::<EnrollRequest>(&mut recv, &decoder).await;
+        let request = read_payload(&mut recv, &decoder).await;
         Ok::<_, anyhow::Error>((send, request))
     })
     .await;
@@ -58,8 +58,10 @@ pub(super) async fn serve(ctx: Arc<FleetContext>, conn: quinn::Connection) {
             return;
         }
     };
-    let request = match request {
-        Ok(Some(request)) => request,
+    let decoded = match request {
+        Ok(Some(payload)) => decoder
+            .decode_payload::<EnrollRequest>(&payload)
+            .map_err(|e| (e.to_string(), Some(payload))),
         Ok(None) => {
             conn.close(
                 close_code::PROTOCOL_VIOLATION.into(),
@@ -67,17 +69,28 @@ pub(super) async fn serve(ctx: Arc<FleetContext>, conn: quinn::Connection) {
             );
             return;
         }
-        Err(e) => {
-            warn!(%remote, error = %e, security_event = "bad_enrolment_frame",
-                "closing enrolment connection: not an enrolment request");
-            conn.close(
-                close_code::PROTOCOL_VIOLATION.into(),
-                b"expected an enrolment request",
-            );
-            return;
+        Err(e) => Err((e.to_string(), None)),
+    };
+    let response = match decoded {
+        Ok(request) => enroll(&ctx, request).await,
+        Err((e, payload)) => {
+            // A later major version may lay the request out differently; its version prefix
+            // is stable, so it still gets a refusal naming both versions.
+            let mismatch = payload
+                .and_then(|p: Vec<u8>| peek_version(&p, FirstMessage::EnrollRequest))
+                .and_then(|theirs| PROTOCOL_VERSION.negotiate(theirs).err());
+            let Some(mismatch) = mismatch else {
+                warn!(%remote, error = %e, security_event = "bad_enrolment_frame",
+                    "closing enrolment connection: not an enrolment request");
+                conn.close(
+                    close_code::PROTOCOL_VIOLATION.into(),
+                    b"expected an enrolment request",
+                );
+                return;
+            };
+            refuse(RefusalCode::VersionMismatch, mismatch.to_string())
         }
     };
-    let response = enroll(&ctx, request).await;
     if let EnrollResponse::Refused(refusal) = &response {
         warn!(%remote, code = ?refusal.code, reason = %refusal.message, "enrolment refused");
     }

@@ -32,6 +32,18 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     decoder: &FrameDecoder,
 ) -> Result<Option<T>, FrameReadError> {
+    match read_payload(recv, decoder).await? {
+        Some(payload) => Ok(Some(decoder.decode_payload(&payload)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads one frame's payload without decoding it (for the first message of a stream, whose
+/// version is peeked when it does not decode).
+pub async fn read_payload(
+    recv: &mut quinn::RecvStream,
+    decoder: &FrameDecoder,
+) -> Result<Option<Vec<u8>>, FrameReadError> {
     let mut prefix = [0u8; LEN_PREFIX];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -41,7 +53,7 @@ pub async fn read_frame<T: DeserializeOwned>(
     let len = decoder.payload_len(prefix)?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await?;
-    Ok(Some(decoder.decode_payload(&payload)?))
+    Ok(Some(payload))
 }
 
 /// Writes one frame.

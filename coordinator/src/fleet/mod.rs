@@ -92,7 +92,7 @@ pub fn bind(
 /// (after a coordinator restart) send a burst of 1200-byte Initial packets; with the default
 /// 208 KiB buffer most are dropped and every drop costs an agent a handshake timeout. The
 /// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
-pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+pub const SOCKET_BUFFER_BYTES: usize = 32 << 20;
 
 fn grow_buffers(socket: &std::net::UdpSocket) {
     let sock = socket2::SockRef::from(socket);

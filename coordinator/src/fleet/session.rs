@@ -14,15 +14,15 @@ use gpuaas_proto::messages::{
     AgentMessage, CoordinatorFrame, CoordinatorMessage, Hello, Refusal, RefusalCode, Welcome,
     close_code,
 };
-use gpuaas_proto::{NodeId, PROTOCOL_VERSION};
+use gpuaas_proto::{FirstMessage, NodeId, PROTOCOL_VERSION, peek_version};
 use rustls_pki_types::CertificateDer;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::FleetContext;
-use super::framing::{FrameReadError, read_frame, write_frame};
+use super::framing::{FrameReadError, read_frame, read_payload, write_frame};
 use crate::clock::{now_ms, unix_ms};
 use crate::pki::node_id_from_cert;
-use crate::store::Command;
+use crate::store::{ApplyError, Command, StoreError};
 
 /// Largest accepted frame from an agent on the control stream.
 const MAX_AGENT_FRAME: u32 = 256 * 1024;
@@ -86,7 +86,7 @@ async fn run(ctx: Arc<FleetContext>, conn: quinn::Connection, node: NodeId) {
     let decoder = FrameDecoder::new(MAX_AGENT_FRAME);
     let opened = tokio::time::timeout(HELLO_TIMEOUT, async {
         let (tx, mut rx) = conn.accept_bi().await?;
-        let first = read_frame::<AgentMessage>(&mut rx, &decoder).await;
+        let first = read_payload(&mut rx, &decoder).await;
         Ok::<_, quinn::ConnectionError>((tx, rx, first))
     })
     .await;
@@ -102,14 +102,43 @@ async fn run(ctx: Arc<FleetContext>, conn: quinn::Connection, node: NodeId) {
             return;
         }
     };
-    let hello = match first {
-        Ok(Some(AgentMessage::Hello(hello))) => hello,
-        Ok(Some(_)) | Ok(None) => {
+    let payload = match first {
+        Ok(Some(payload)) => payload,
+        Ok(None) => {
+            warn!("control stream ended before Hello; closing");
+            conn.close(close_code::PROTOCOL_VIOLATION.into(), b"expected hello");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "bad frame before Hello; closing");
+            conn.close(close_code::PROTOCOL_VIOLATION.into(), b"bad frame");
+            return;
+        }
+    };
+    let hello = match decoder.decode_payload::<AgentMessage>(&payload) {
+        Ok(AgentMessage::Hello(hello)) => hello,
+        Ok(_) => {
             warn!("first control message was not Hello; closing");
             conn.close(close_code::PROTOCOL_VIOLATION.into(), b"expected hello");
             return;
         }
         Err(e) => {
+            // An agent of another major version may lay out its Hello differently; its
+            // version prefix is stable, so it still gets a refusal naming both versions.
+            if let Some(theirs) = peek_version(&payload, FirstMessage::Hello)
+                && let Err(mismatch) = PROTOCOL_VERSION.negotiate(theirs)
+            {
+                warn!(error = %mismatch, "refused an agent of another protocol version");
+                refuse(
+                    &conn,
+                    &mut tx,
+                    &ctx,
+                    RefusalCode::VersionMismatch,
+                    mismatch.to_string(),
+                )
+                .await;
+                return;
+            }
             warn!(error = %e, "bad frame before Hello; closing");
             conn.close(close_code::PROTOCOL_VIOLATION.into(), b"bad frame");
             return;
@@ -174,11 +203,25 @@ async fn accept_hello(
         seen_at_ms: now,
         clock_skew_ms: skew,
     };
-    if let Err(e) = ctx.store.execute(record).await {
-        // Unknown or deleted node: the verifier normally refuses it at the handshake already.
-        warn!(error = %e, "hello could not be recorded; refusing the session");
-        refuse(conn, tx, ctx, RefusalCode::NodeRevoked, e.to_string()).await;
-        return None;
+    match ctx.store.execute(record).await {
+        Ok(_) => {}
+        Err(StoreError::Apply(ApplyError::NodeNotFound { .. })) => {
+            // Deleted (or never enrolled): the verifier normally refuses it at the handshake.
+            warn!(
+                security_event = "deleted_node_session",
+                "session of a deleted node refused"
+            );
+            let msg = format!("node {node} was deleted");
+            refuse(conn, tx, ctx, RefusalCode::NodeRevoked, msg).await;
+            return None;
+        }
+        Err(e) => {
+            // A store failure is ours, not the node's: it retries with backoff.
+            tracing::error!(error = %e, "hello could not be recorded; asking the agent to retry");
+            let msg = "the coordinator could not record the session; retry later".to_owned();
+            refuse(conn, tx, ctx, RefusalCode::Internal, msg).await;
+            return None;
+        }
     }
     let session = ctx
         .registry

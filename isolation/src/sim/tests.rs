@@ -16,6 +16,10 @@ fn specs_parse_and_print() {
         SimSpec::parse("64xH200-141GB").map(|s| s.gpu_count()),
         Ok(64)
     );
+
+    // the spelling of the issue and of people: spaces around the x
+    let spaced = SimSpec::parse("8 x H100-80GB").expect("valid");
+    assert_eq!(spaced.to_string(), "8xH100-80GB");
 }
 
 #[test]

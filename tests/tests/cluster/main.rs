@@ -67,6 +67,15 @@ async fn enrol_three_kill_one_restart_coordinator() {
     )
     .await;
     assert_eq!(api.node(&dead).await["status"], "not_ready");
+
+    // The killed agent comes back with its identity and its node is Ready again.
+    cluster.run_agent(0);
+    wait_for(
+        "restarted agent's node Ready",
+        Duration::from_secs(30),
+        || async { api.node(&dead).await["status"] == "ready" },
+    )
+    .await;
     let listed: Vec<String> = api
         .nodes()
         .await

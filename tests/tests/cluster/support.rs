@@ -216,6 +216,13 @@ impl Cluster {
             .find(|w| w.starts_with("node-"))
             .expect("node id in enroll output")
             .to_owned();
+        self.run_agent(i);
+        id
+    }
+
+    /// Starts (or starts again) `gpuaas-agent run` for the enrolled agent `i`.
+    pub(crate) fn run_agent(&mut self, i: usize) {
+        let config = self.dir.path().join(format!("agent-{i}.toml"));
         let child = Command::new(bin("gpuaas-agent"))
             .args(["run", "--config"])
             .arg(&config)
@@ -228,7 +235,6 @@ impl Cluster {
             self.agents.resize_with(i + 1, || None);
         }
         self.agents[i] = Some(child);
-        id
     }
 
     /// SIGKILLs agent `i`.
@@ -377,14 +383,12 @@ pub(crate) async fn dev_mode_round_trip(n: usize) {
         Some(4)
     );
 
-    let pid = child.id().expect("pid");
-    let pid = i32::try_from(pid).expect("pid fits");
-    let status = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .await
-        .expect("send SIGINT");
-    assert!(status.success());
+    let pid = i32::try_from(child.id().expect("pid")).expect("pid fits");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("send SIGINT");
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("dev mode exits after Ctrl-C")

@@ -253,3 +253,42 @@ async fn enrol_request_of_another_major_version_is_refused_naming_both() {
     coord.assert_nothing_stored(Some(token.id)).await;
     coord.shutdown().await;
 }
+
+/// A frame whose payload starts like a v2 message (`prefix`, then version 2.0) and continues in
+/// a layout this build cannot decode.
+pub(crate) fn future_layout_frame(prefix: &[u8]) -> Vec<u8> {
+    let mut payload = prefix.to_vec();
+    payload.extend_from_slice(&[2, 0]); // ProtocolVersion { major: 2, minor: 0 } as varints
+    payload.extend_from_slice(&[0xff; 12]);
+    let mut out = u32::try_from(payload.len())
+        .expect("small")
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrol_request_in_a_future_layout_is_refused_naming_both() {
+    let coord = Coord::start().await;
+    let (_, token) = coord.token().await;
+    let conn = coord.connect(ALPN_ENROLL, None).await.expect("handshake");
+    let mut stream = RawStream::open(conn).await;
+    stream.send_bytes(&future_layout_frame(&[])).await;
+    let _ = stream.tx.finish();
+    let response = stream
+        .recv_as::<EnrollResponse>()
+        .await
+        .expect("a readable response")
+        .expect("a response before the stream ends");
+    match response {
+        EnrollResponse::Refused(refusal) => {
+            assert_eq!(refusal.code, RefusalCode::VersionMismatch, "{refusal:?}");
+            assert!(refusal.message.contains("1.0") && refusal.message.contains("2.0"));
+        }
+        other @ EnrollResponse::Enrolled { .. } => panic!("must be refused: {other:?}"),
+    }
+    stream.conn.close(close_code::DONE.into(), b"done");
+    coord.assert_nothing_stored(Some(token.id)).await;
+    coord.shutdown().await;
+}

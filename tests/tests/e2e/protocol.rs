@@ -105,3 +105,26 @@ async fn hello_of_another_major_version_is_refused_naming_both() {
     assert_eq!(record.inventory, None);
     coord.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_in_a_future_layout_is_refused_naming_both() {
+    let coord = Coord::start().await;
+    let identity = coord.enroll_new("future-layout").await;
+    let node = identity.node_id;
+    let mut stream = coord.raw_session(auth_of(&identity)).await;
+    // variant 0 (Hello), then version 2.0, then bytes this build cannot decode
+    stream
+        .send_bytes(&crate::enrolment::future_layout_frame(&[0]))
+        .await;
+    let answer = stream.recv().await;
+    match &answer.message {
+        CoordinatorMessage::Refused(refusal) => {
+            assert_eq!(refusal.code, RefusalCode::VersionMismatch, "{refusal:?}");
+            assert!(refusal.message.contains("1.0") && refusal.message.contains("2.0"));
+        }
+        other => panic!("expected a VersionMismatch refusal, got {other:?}"),
+    }
+    assert_app_close(&stream.closed().await, close_code::REFUSED);
+    assert_eq!(coord.status(node), NodeStatus::NotReady);
+    coord.shutdown().await;
+}

@@ -118,7 +118,7 @@ impl Coord {
             ..Config::default()
         };
         let running = start(&config).await.expect("coordinator starts");
-        let client = client_endpoint(running.node_addr).expect("client endpoint");
+        let client = client_endpoint(running.node_addr, None).expect("client endpoint");
         Coord {
             running,
             client,
@@ -166,7 +166,7 @@ impl Coord {
         token: &str,
         hostname: &str,
     ) -> Result<Identity, EnrollError> {
-        let endpoint = client_endpoint(self.running.node_addr).expect("client endpoint");
+        let endpoint = client_endpoint(self.running.node_addr, None).expect("client endpoint");
         within(
             "enrolment",
             enroll(&endpoint, &self.address(), token, hostname),
@@ -266,7 +266,7 @@ impl Coord {
         identity: Identity,
         state_dir: Option<PathBuf>,
     ) -> JoinHandle<SessionError> {
-        let endpoint = client_endpoint(self.running.node_addr).expect("client endpoint");
+        let endpoint = client_endpoint(self.running.node_addr, None).expect("client endpoint");
         let spec = SimSpec::parse("2xH100-80GB").expect("sim spec");
         let host = HostFacts {
             hostname: "e2e-host".into(),
