@@ -212,6 +212,17 @@ impl NodeAgent {
         }
     }
 
+    /// How many GPUs the backend lists now (0 when it fails, which is logged).
+    fn gpus_visible(&self) -> u32 {
+        match self.backend.gpus() {
+            Ok(gpus) => u32::try_from(gpus.len()).unwrap_or(u32::MAX),
+            Err(e) => {
+                warn!(error = %e, "the GPU backend failed; reporting no visible GPUs");
+                0
+            }
+        }
+    }
+
     fn inventory(&self) -> Result<Inventory, SessionError> {
         gpuaas_isolation::host::inventory(self.backend.as_ref(), &self.host)
             .map_err(|e| SessionError::Inventory(e.to_string()))
@@ -342,7 +353,11 @@ impl NodeAgent {
             tokio::select! {
                 _ = heartbeat.tick() => {
                     seq += 1;
-                    let hb = Heartbeat { seq, wall_clock_ms: wall_clock_ms() };
+                    let hb = Heartbeat {
+                        seq,
+                        wall_clock_ms: wall_clock_ms(),
+                        gpus_visible: self.gpus_visible(),
+                    };
                     write_frame(tx, &AgentMessage::Heartbeat(hb)).await?;
                 }
                 () = tokio::time::sleep_until(renew_at), if !renewing => {

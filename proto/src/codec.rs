@@ -174,6 +174,7 @@ mod tests {
         AgentMessage::Heartbeat(Heartbeat {
             seq: 42,
             wall_clock_ms: 1_700_000_000_000,
+            gpus_visible: 8,
         })
     }
 

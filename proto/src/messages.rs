@@ -164,6 +164,9 @@ pub struct Heartbeat {
     pub seq: u64,
     /// The agent's wall clock, milliseconds since the Unix epoch.
     pub wall_clock_ms: i64,
+    /// GPUs the backend lists right now. Fewer than the inventory's means a GPU fell off the
+    /// bus or the driver lost it; the coordinator shows the count beside the inventory.
+    pub gpus_visible: u32,
 }
 
 /// Every message from the coordinator, stamped with its term.

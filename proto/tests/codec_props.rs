@@ -118,7 +118,13 @@ fn hello() -> impl Strategy<Value = Hello> {
 }
 
 fn heartbeat() -> impl Strategy<Value = Heartbeat> {
-    (any::<u64>(), any::<i64>()).prop_map(|(seq, wall_clock_ms)| Heartbeat { seq, wall_clock_ms })
+    (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(seq, wall_clock_ms, gpus_visible)| {
+        Heartbeat {
+            seq,
+            wall_clock_ms,
+            gpus_visible,
+        }
+    })
 }
 
 fn agent_message() -> impl Strategy<Value = AgentMessage> {

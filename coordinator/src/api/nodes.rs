@@ -29,6 +29,9 @@ pub struct NodeView {
     pub last_seen_at: Option<String>,
     /// Agent clock minus coordinator clock, ms, at the last message.
     pub clock_skew_ms: Option<i64>,
+    /// GPUs the agent saw at its last heartbeat (fewer than the inventory's means a GPU was
+    /// lost); absent until the first heartbeat of the current session.
+    pub gpus_visible: Option<u32>,
     /// When the node's current certificate expires (RFC 3339).
     pub cert_not_after: String,
     /// Hardware reported in the last Hello.
@@ -52,6 +55,7 @@ fn view(state: &ApiState, record: NodeRecord) -> NodeView {
         enrolled_at: rfc3339(record.enrolled_at_ms),
         last_seen_at: live.last_heard_ms.or(record.last_seen_at_ms).map(rfc3339),
         clock_skew_ms: live.clock_skew_ms.or(record.clock_skew_ms),
+        gpus_visible: live.gpus_visible,
         cert_not_after: rfc3339(record.cert_not_after_ms),
         inventory: record.inventory,
     }

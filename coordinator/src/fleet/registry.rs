@@ -45,6 +45,8 @@ pub struct LiveView {
     pub last_heard_ms: Option<i64>,
     /// Agent clock minus coordinator clock at the last message, ms.
     pub clock_skew_ms: Option<i64>,
+    /// GPUs the agent's backend listed in its last heartbeat.
+    pub gpus_visible: Option<u32>,
 }
 
 /// Something that can end a node's session: the QUIC connection in production.
@@ -64,6 +66,7 @@ struct Entry {
     session: Option<(u64, Box<dyn SessionCloser>)>,
     last_heard_ms: i64,
     skew_ms: i64,
+    gpus_visible: Option<u32>,
     reported: NodeStatus,
 }
 
@@ -111,6 +114,7 @@ impl Registry {
             session: None,
             last_heard_ms: now_ms,
             skew_ms,
+            gpus_visible: None,
             reported: NodeStatus::NotReady,
         });
         if let Some((_, old)) = entry.session.replace((session, conn)) {
@@ -132,6 +136,16 @@ impl Registry {
         {
             entry.last_heard_ms = now_ms;
             entry.skew_ms = skew_ms;
+        }
+    }
+
+    /// Records the status a heartbeat of `node`'s session `session` carried.
+    pub fn status_report(&self, node: NodeId, session: u64, gpus_visible: u32) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.nodes.get_mut(&node)
+            && entry.session.as_ref().is_some_and(|(s, _)| *s == session)
+        {
+            entry.gpus_visible = Some(gpus_visible);
         }
     }
 
@@ -170,11 +184,13 @@ impl Registry {
                 ),
                 last_heard_ms: Some(e.last_heard_ms),
                 clock_skew_ms: Some(e.skew_ms),
+                gpus_visible: e.gpus_visible,
             },
             None => LiveView {
                 status: NodeStatus::NotReady,
                 last_heard_ms: None,
                 clock_skew_ms: None,
+                gpus_visible: None,
             },
         }
     }
@@ -261,6 +277,8 @@ mod tests {
         let s1 = reg.connected(node, Box::new(closed), 0, 12);
         assert_eq!(reg.sweep(0), vec![(node, NodeStatus::Ready)]);
         reg.heard(node, s1, 10_000, 15);
+        reg.status_report(node, s1, 7);
+        assert_eq!(reg.view(node, 10_000).gpus_visible, Some(7));
         assert_eq!(reg.sweep(24_999), vec![]);
         assert_eq!(reg.view(node, 24_999).clock_skew_ms, Some(15));
         assert_eq!(reg.sweep(25_000), vec![(node, NodeStatus::NotReady)]);

@@ -173,7 +173,7 @@ async fn accept_hello(
     hello: Hello,
 ) -> Option<u64> {
     if hello.node_id != node {
-        warn!(security_event = "identity_mismatch", claimed = %hello.node_id,
+        warn!(security_event = "identity_mismatch", node_id = %node, claimed = %hello.node_id,
             "certificate of one node claimed to be another; refused");
         let msg = format!(
             "certificate is for {node}, message claims {}",
@@ -207,10 +207,8 @@ async fn accept_hello(
         Ok(_) => {}
         Err(StoreError::Apply(ApplyError::NodeNotFound { .. })) => {
             // Deleted (or never enrolled): the verifier normally refuses it at the handshake.
-            warn!(
-                security_event = "deleted_node_session",
-                "session of a deleted node refused"
-            );
+            warn!(security_event = "deleted_node_session", node_id = %node,
+                "session of a deleted node refused");
             let msg = format!("node {node} was deleted");
             refuse(conn, tx, ctx, RefusalCode::NodeRevoked, msg).await;
             return None;
@@ -272,6 +270,16 @@ async fn read_loop(
         let now = now_ms();
         match message {
             AgentMessage::Heartbeat(hb) => {
+                if let Some(before) = ctx.registry.view(node, now).gpus_visible
+                    && before != hb.gpus_visible
+                {
+                    warn!(
+                        before,
+                        gpus_visible = hb.gpus_visible,
+                        "visible GPU count changed"
+                    );
+                }
+                ctx.registry.status_report(node, session, hb.gpus_visible);
                 ctx.registry
                     .heard(node, session, now, hb.wall_clock_ms.saturating_sub(now));
             }

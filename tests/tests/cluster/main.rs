@@ -37,6 +37,13 @@ async fn enrol_three_kill_one_restart_coordinator() {
             "{node}"
         );
     }
+    // Heartbeats (every second here) report the GPUs the agent sees.
+    wait_for(
+        "heartbeats report two visible GPUs",
+        Duration::from_secs(10),
+        || async { api.nodes().await.iter().all(|n| n["gpus_visible"] == 2) },
+    )
+    .await;
 
     // Kill one agent: its node turns NotReady within the node timeout (3 s here).
     cluster.kill_agent(0);

@@ -186,6 +186,7 @@ async fn enrolment_stream_with_anything_but_a_request_is_a_protocol_violation() 
     let heartbeat = frame(&AgentMessage::Heartbeat(Heartbeat {
         seq: 42,
         wall_clock_ms: 1_700_000_000_000,
+        gpus_visible: 8,
     }));
     let mut garbage = vec![0, 0, 0, 8];
     garbage.extend_from_slice(b"\xff\xfe\xfd\xfcjunk");

@@ -206,6 +206,18 @@ async fn hello_claiming_another_node_is_refused_identity_mismatch() {
         assert_eq!(record.last_seen_at_ms, None, "{node}: no Hello recorded");
         assert_eq!(record.inventory, None, "{node}: no inventory recorded");
     }
+    // ... and logged as a security event naming both identities.
+    let logs = crate::support::captured_logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("security_event=\"identity_mismatch\"")
+                && l.contains(&x.node_id.to_string())
+                && l.contains(&y.node_id.to_string())),
+        "no identity_mismatch security event for {} claiming {} in:\n{}",
+        x.node_id,
+        y.node_id,
+        &logs[logs.len().saturating_sub(3000)..]
+    );
     coord.shutdown().await;
 }
 

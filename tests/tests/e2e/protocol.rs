@@ -69,6 +69,16 @@ async fn bad_frames_close_only_their_own_connection() {
     assert_eq!(coord.status(good_id), NodeStatus::Ready);
     stream.conn.close(close_code::DONE.into(), b"done");
     agent.abort();
+    // Each closed connection was logged with its reason, under the offender's node id.
+    let logs = crate::support::captured_logs();
+    let logged = logs
+        .lines()
+        .filter(|l| l.contains(&bad_id.to_string()) && l.contains("bad frame"))
+        .count();
+    assert!(
+        logged >= 2,
+        "expected logged bad-frame closes for {bad_id}, found {logged}"
+    );
     coord.shutdown().await;
 }
 

@@ -36,10 +36,41 @@ use tokio::task::JoinHandle;
 /// The longest any test waits for one thing to happen.
 pub(crate) const BOUND: Duration = Duration::from_secs(20);
 
-/// Installs the process-wide rustls crypto provider (ring) once.
+/// Installs the process-wide rustls crypto provider (ring) and the log capture, once.
 pub(crate) fn init_crypto() {
     // Err only means another test installed it already.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = captured_logs();
+}
+
+/// Everything logged in this test binary so far (the coordinator runs in-process), as text.
+/// Tests look for the events they provoked, which carry ids no other test uses.
+pub(crate) fn captured_logs() -> String {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    let logs = LOGS.get_or_init(|| {
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_env_filter("info,quinn=warn,quinn_proto=warn,rustls=warn")
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        logs
+    });
+    String::from_utf8_lossy(&logs.lock().expect("log buffer")).into_owned()
+}
+
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Unix milliseconds now.
