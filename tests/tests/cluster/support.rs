@@ -8,20 +8,53 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Path of a workspace binary in the target directory this test was built into.
+/// Path of a workspace binary in the target directory this test was built into. `cargo test
+/// --workspace` does not build other packages' binaries for this package's tests, so the first
+/// call builds them with the cargo that runs the tests (same profile, same target directory).
 pub(crate) fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(build_binaries);
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` so every binary is built",
+        "{} is missing after building",
         path.display()
     );
     path
+}
+
+fn build_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory")
+        .to_owned();
+    let target_dir = profile_dir.parent().expect("target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "gpuaas-coordinator",
+            "-p",
+            "gpuaas-agent",
+            "-p",
+            "gpuaas-ctl",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for the binaries");
+    assert!(
+        status.success(),
+        "cargo build of the binaries failed: {status}"
+    );
+    profile_dir
 }
 
 /// Polls `check` every 100 ms until it is true, failing the test after `limit`.
