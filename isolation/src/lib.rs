@@ -12,10 +12,15 @@
 //! - [`host`]: the host's name, CPUs and memory ([`HostFacts`]), and [`inventory`], which joins
 //!   them with a backend's GPUs into the `Inventory` a node reports;
 //! - [`conformance`]: the suite every backend must pass (run against `sim` by `cargo test`,
-//!   against `nvml` by `gpuaas-hwtests`).
+//!   against `nvml` by `gpuaas-hwtests`);
+//! - [`devices`]: a sandbox's device allow-list as data (default deny; NVIDIA nodes only for an
+//!   allocation that holds GPUs), rendered as cgroup v1 `devices.allow` lines and compiled into
+//!   a `BPF_PROG_TYPE_CGROUP_DEVICE` program for v2, verified in a userspace interpreter;
+//! - [`cgroup`]: detection of the host's cgroup layout (v1, v2 or hybrid) from mountinfo.
 //!
-//! MIG instance management, cgroup sandboxes, the workload supervisor and device health come in
-//! later issues and will live here too. This crate does no networking.
+//! Writing the cgroups, loading the eBPF program, MIG instance management, the workload
+//! supervisor and device health come with issue 4 and will live here too. This crate does no
+//! networking.
 //!
 //! # Design
 //! Every path the crate reads (`/sys`, `/proc/meminfo`, ...) is a parameter with a production
@@ -24,7 +29,9 @@
 //! the subscriber.
 
 pub mod backend;
+pub mod cgroup;
 pub mod conformance;
+pub mod devices;
 pub mod host;
 pub mod nvml;
 pub mod pci;
