@@ -1,8 +1,9 @@
 //! Enrolment over `gpuaas-enroll/1`: a one-time token and a CSR in, a node certificate out.
 //!
 //! The handler validates everything before it writes anything: the request's fields, the
-//! protocol version, the token's shape and CA fingerprint, and the CSR (by signing it). Only
-//! then does one store command consume the token and create the node, atomically, so two
+//! protocol version, the token's shape and CA fingerprint, the token's state in the store (read
+//! before anything is signed, so a peer without a valid token cannot make the CA work), and the
+//! CSR (by signing it). Only then does one store command consume the token and create the node, atomically, so two
 //! agents racing with one token cannot both succeed. On any refusal nothing is stored and the
 //! agent gets a [`Refusal`] naming the reason.
 
@@ -19,7 +20,7 @@ use super::FleetContext;
 use super::framing::{read_payload, write_frame};
 use crate::clock::unix_ms;
 use crate::pki::sha256;
-use crate::store::{ApplyError, Command, StoreError};
+use crate::store::{ApplyError, Command, StoreError, read};
 
 /// Largest accepted enrolment frame.
 const MAX_ENROLL_FRAME: u32 = 64 * 1024;
@@ -104,8 +105,16 @@ pub(super) async fn serve(ctx: Arc<FleetContext>, conn: quinn::Connection) {
     conn.close(close_code::DONE.into(), b"enrolment done");
 }
 
-/// Decides one enrolment request. Pure of network I/O: it reads the clock once, signs, and
-/// submits one store command.
+fn token_refusal_code(refusal: &ApplyError) -> RefusalCode {
+    match refusal {
+        ApplyError::TokenExpired { .. } => RefusalCode::TokenExpired,
+        ApplyError::TokenUsed { .. } => RefusalCode::TokenUsed,
+        _ => RefusalCode::TokenInvalid,
+    }
+}
+
+/// Decides one enrolment request. Pure of network I/O: it reads the clock once, pre-checks the
+/// token, signs, and submits one store command.
 pub(super) async fn enroll(ctx: &FleetContext, request: EnrollRequest) -> EnrollResponse {
     if let Err(e) = request.validate() {
         return refuse(RefusalCode::BadRequest, e.to_string());
@@ -124,6 +133,25 @@ pub(super) async fn enroll(ctx: &FleetContext, request: EnrollRequest) -> Enroll
         );
     }
     let now = SystemTime::now();
+    let secret_sha256 = sha256(&token.secret);
+    // Check the token before signing anything, so a peer without a valid token cannot make
+    // the CA work; the store command below checks again, atomically.
+    let (token_id, now_ms) = (token.id, unix_ms(now));
+    match ctx
+        .store
+        .read(move |c| read::enrollment_refusal(c, token_id, &secret_sha256, now_ms))
+        .await
+    {
+        Ok(None) => {}
+        Ok(Some(refusal)) => return refuse(token_refusal_code(&refusal), refusal.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "enrolment token could not be checked");
+            return refuse(
+                RefusalCode::Internal,
+                "the coordinator could not check the token",
+            );
+        }
+    }
     let node_id = NodeId::from_raw(rand::random());
     let cert = match ctx
         .ca
@@ -134,8 +162,8 @@ pub(super) async fn enroll(ctx: &FleetContext, request: EnrollRequest) -> Enroll
     };
     let command = Command::Enroll {
         token_id: token.id,
-        secret_sha256: sha256(&token.secret),
-        now_ms: unix_ms(now),
+        secret_sha256,
+        now_ms,
         node_id,
         hostname: request.hostname.clone(),
         agent_version: request.agent_version.clone(),
@@ -153,12 +181,7 @@ pub(super) async fn enroll(ctx: &FleetContext, request: EnrollRequest) -> Enroll
             }
         }
         Err(StoreError::Apply(e)) if e.is_refusal() => {
-            let code = match e {
-                ApplyError::TokenExpired { .. } => RefusalCode::TokenExpired,
-                ApplyError::TokenUsed { .. } => RefusalCode::TokenUsed,
-                _ => RefusalCode::TokenInvalid,
-            };
-            refuse(code, e.to_string())
+            refuse(token_refusal_code(&e), e.to_string())
         }
         Err(e) => {
             tracing::error!(error = %e, "enrolment could not be stored");

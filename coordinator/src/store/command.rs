@@ -447,7 +447,7 @@ pub fn apply(conn: &Connection, cmd: &Command) -> Result<Outcome, ApplyError> {
 
 /// The token checks of [`Command::Enroll`], in an order that tells nothing about the token's
 /// state (expired, used) to someone who does not hold its secret.
-fn token_refusal(
+pub(crate) fn token_refusal(
     conn: &Connection,
     token_text: &str,
     token_id: TokenId,

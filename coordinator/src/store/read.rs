@@ -208,6 +208,19 @@ pub fn count_api_tokens(conn: &Connection) -> Result<u64, StoreError> {
     .map_err(failed(ReadQuery::CountApiTokens))
 }
 
+/// The refusal [`Command::Enroll`](super::Command::Enroll) would give this token now, if any:
+/// a pre-check so that the coordinator signs nothing for a request whose token is bad. The
+/// command repeats the check authoritatively inside its transaction.
+pub fn enrollment_refusal(
+    conn: &Connection,
+    token_id: TokenId,
+    secret_sha256: &[u8; 32],
+    now_ms: i64,
+) -> Result<Option<super::ApplyError>, StoreError> {
+    super::command::token_refusal(conn, &token_id.to_string(), token_id, secret_sha256, now_ms)
+        .map_err(failed(ReadQuery::GetToken(token_id)))
+}
+
 /// How many live nodes were last seen at or after `since_ms` (a Hello records the time it
 /// arrived), for benchmarks that wait until every node has reconnected.
 pub fn count_nodes_seen_since(conn: &Connection, since_ms: i64) -> Result<u64, StoreError> {
