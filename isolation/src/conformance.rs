@@ -10,6 +10,15 @@
 //!
 //! `cargo test -p gpuaas-isolation` runs it against `sim`; `gpuaas-hwtests` runs it against
 //! `nvml` on a GPU host. Every check is read-only.
+//!
+//! [`mig_read_suite`] and [`mig_suite`] do the same for a [`MigManager`](crate::mig::MigManager) on one MIG-enabled
+//! GPU. The read-only half checks the MIG mode, the profiles (ids unique, placements of the
+//! profile's size, inside the GPU) and the listing (instances at placements their profile
+//! offers, non-overlapping, GI ids and MIG uuids unique, two listings equal). The full suite,
+//! on a GPU with no instances, also creates at an explicit placement and at chosen ones,
+//! checks that an overlapping request and one past the profile's count are refused with a
+//! placement error and leave the listing unchanged, that a destroy leaves its siblings as they
+//! were, that the whole-GPU profile excludes everything else, and destroys everything it made.
 
 use std::collections::HashSet;
 
@@ -19,6 +28,10 @@ use gpuaas_proto::mig::GpuModel;
 
 use crate::backend::{BackendError, GpuBackend};
 use crate::host::{HostFacts, inventory};
+
+mod mig;
+
+pub use mig::{MigConformanceError, mig_read_suite, mig_suite};
 
 /// A backend that failed the suite.
 #[derive(Debug, thiserror::Error)]
@@ -208,5 +221,45 @@ mod tests {
         assert!(!is_sysfs_bus_id("00000000:3b:00.0"));
         assert!(!is_sysfs_bus_id("0000:3b:00"));
         assert!(!is_sysfs_bus_id("3b:00.0"));
+    }
+
+    use crate::mig::MigManager;
+
+    fn sim_mig(spec: &str) -> crate::mig::SimMig {
+        crate::mig::SimMig::new(crate::sim::SimBackend::from_spec(spec, 11).expect("valid spec"))
+    }
+
+    #[test]
+    fn sim_passes_the_mig_suite() {
+        let mig = sim_mig("1xH100-80GB:mig,1xA100-40GB:mig,1xA30-24GB:mig");
+        for gpu in 0..3 {
+            if let Err(err) = mig_suite(&mig, gpu) {
+                panic!("{err}");
+            }
+            assert_eq!(
+                mig.list(gpu).expect("list"),
+                Vec::new(),
+                "gpu {gpu} left dirty"
+            );
+            mig_read_suite(&mig, gpu).expect("read-only suite");
+        }
+    }
+
+    #[test]
+    fn mig_suite_needs_mig_mode_and_an_empty_gpu() {
+        let mig = sim_mig("1xA30-24GB,1xA30-24GB:mig");
+        let err = mig_suite(&mig, 0).expect_err("mig off");
+        assert!(
+            err.to_string().ends_with("gpu 0 is not in mig mode"),
+            "{err}"
+        );
+        mig.create(1, "1g.6gb", None).expect("fits");
+        let err = mig_suite(&mig, 1).expect_err("not empty");
+        assert!(
+            err.to_string().ends_with("already holds mig instances"),
+            "{err}"
+        );
+        // The read-only half runs on a GPU in use.
+        mig_read_suite(&mig, 1).expect("read-only suite");
     }
 }

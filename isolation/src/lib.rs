@@ -16,9 +16,12 @@
 //! - [`devices`]: a sandbox's device allow-list as data (default deny; NVIDIA nodes only for an
 //!   allocation that holds GPUs), rendered as cgroup v1 `devices.allow` lines and compiled into
 //!   a `BPF_PROG_TYPE_CGROUP_DEVICE` program for v2, verified in a userspace interpreter;
-//! - [`cgroup`]: detection of the host's cgroup layout (v1, v2 or hybrid) from mountinfo.
+//! - [`cgroup`]: detection of the host's cgroup layout (v1, v2 or hybrid) from mountinfo;
+//! - [`mig`]: MIG instance management ([`MigManager`]: create, destroy and list GPU instances
+//!   with their compute instance), on NVML ([`NvmlMig`]) and simulated ([`SimMig`]), both
+//!   validated by the MIG model of `gpuaas_proto::mig`.
 //!
-//! Writing the cgroups, loading the eBPF program, MIG instance management, the workload
+//! Writing the cgroups, loading the eBPF program, the workload
 //! supervisor and device health come with issue 4 and will live here too. This crate does no
 //! networking.
 //!
@@ -33,12 +36,15 @@ pub mod cgroup;
 pub mod conformance;
 pub mod devices;
 pub mod host;
+pub mod mig;
 pub mod nvml;
 pub mod pci;
 pub mod sim;
+pub mod testing;
 
 pub use backend::{BackendError, GpuBackend};
 pub use host::{HostError, HostFacts, HostPaths, inventory};
+pub use mig::{MigInstance, MigManager, MigManagerError, NvmlMig, ProfileInfo, SimMig};
 pub use nvml::{NvmlBackend, NvmlOptions};
 pub use pci::PciError;
 pub use sim::{SimBackend, SimError, SimGroup, SimSpec, SimSpecError};

@@ -102,6 +102,11 @@ impl NvmlBackend {
         })
     }
 
+    /// The NVML handle, for the MIG manager.
+    pub(crate) fn nvml(&self) -> &Nvml {
+        &self.nvml
+    }
+
     fn gpu(&self, index: u32) -> Result<GpuInfo, BackendError> {
         let query = |call: &'static str| {
             move |source| BackendError::NvmlQuery {
@@ -184,7 +189,11 @@ fn mig_mode(index: u32, value: u32) -> Result<MigMode, BackendError> {
 }
 
 /// The MIG model of a board: by PCI device id, else by NVML name.
-fn identify(index: u32, nvml_name: &str, pci_device_id: u32) -> Option<&'static GpuModel> {
+pub(crate) fn identify(
+    index: u32,
+    nvml_name: &str,
+    pci_device_id: u32,
+) -> Option<&'static GpuModel> {
     let by_pci = GpuModel::from_pci_device_id(pci_device_id);
     let by_name = GpuModel::from_nvml_name(nvml_name);
     if let (Some(p), Some(n)) = (by_pci, by_name)

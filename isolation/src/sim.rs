@@ -339,7 +339,7 @@ impl GpuBackend for SimBackend {
 
 /// SplitMix64: a small, well-mixed generator; enough to make UUIDs look random and differ
 /// between seeds.
-fn splitmix64(state: &mut u64) -> u64 {
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -8,9 +8,11 @@
 //!   `/proc/devices` ([`ProcDevices`]) and `/proc/driver/nvidia-caps/mig-minors`
 //!   ([`MigMinors`]);
 //! - [`v1`]: the rule list rendered as the lines written to the cgroup v1 `devices.deny` and
-//!   `devices.allow` files;
+//!   `devices.allow` files, and [`v1::apply`], which writes them and reads `devices.list` back;
 //! - [`program`]: the rule list compiled into a `BPF_PROG_TYPE_CGROUP_DEVICE` program for
-//!   cgroup v2, as instructions and as the bytes the `bpf()` syscall takes.
+//!   cgroup v2, as instructions and as the bytes the `bpf()` syscall takes;
+//! - [`attach`]: loading that program with `bpf(BPF_PROG_LOAD)` and attaching it to a cgroup v2
+//!   directory with `bpf(BPF_PROG_ATTACH)` (the crate's only `unsafe` code).
 //!
 //! # Design: the policy is data
 //! The promise "a tenant's workload touches its own GPUs and nothing else" rests on this module,
@@ -27,12 +29,12 @@
 //! are constants.
 //!
 //! # Limitations
-//! Loading and attaching the program, writing the v1 files and reading them back come in a later
-//! step. Rules are matched as runc does (the last rule whose type, major and minor match and
+//! Rules are matched as runc does (the last rule whose type, major and minor match and
 //! whose access covers the request decides); cgroup v1's own handling of a deny rule that names
 //! only part of an earlier allow rule's access differs in corner cases, which is why
 //! [`allow_list`] only emits allow rules.
 
+pub mod attach;
 pub mod driver;
 pub mod program;
 pub mod rules;

@@ -81,6 +81,66 @@ pub enum DeviceError {
         /// The limit.
         max: usize,
     },
+    /// The kernel's verifier refused the device program.
+    #[error("bpf(BPF_PROG_LOAD) refused the device program: {source}; verifier log: {log}")]
+    Verifier {
+        /// The errno of the refusal.
+        #[source]
+        source: io::Error,
+        /// The verifier log, empty if the kernel wrote none.
+        log: String,
+    },
+    /// A `bpf()` command failed for a reason other than the verifier.
+    #[error("bpf({cmd}) failed: {source}")]
+    Bpf {
+        /// The command (`BPF_PROG_LOAD`, `BPF_PROG_ATTACH`).
+        cmd: &'static str,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// The device program could not be attached to a cgroup v2 directory.
+    #[error("cannot attach the device program to {}: {op}: {source}", path.display())]
+    Attach {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// What failed: `open` or `bpf(BPF_PROG_ATTACH)`.
+        op: &'static str,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// A v1 devices-controller line could not be written.
+    #[error("cannot write {line:?} to {}: {source}", path.display())]
+    V1Write {
+        /// The `devices.allow` or `devices.deny` file.
+        path: PathBuf,
+        /// The line.
+        line: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+    /// A v1 line was accepted but `devices.list` does not show its effect.
+    #[error("{line:?} written to {file} is not in effect: {} lists {listed:?}", path.display())]
+    V1NotApplied {
+        /// The `devices.list` file read back.
+        path: PathBuf,
+        /// The file the line was written to.
+        file: &'static str,
+        /// The line.
+        line: String,
+        /// What `devices.list` shows for that device, if anything.
+        listed: Option<String>,
+    },
+    /// `devices.list` holds an entry no written line accounts for.
+    #[error("{} holds unexpected entry {entry:?}", path.display())]
+    V1Unexpected {
+        /// The `devices.list` file read back.
+        path: PathBuf,
+        /// The entry.
+        entry: String,
+    },
 }
 
 /// The device type a rule applies to.
