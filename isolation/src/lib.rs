@@ -16,7 +16,9 @@
 //! - [`devices`]: a sandbox's device allow-list as data (default deny; NVIDIA nodes only for an
 //!   allocation that holds GPUs), rendered as cgroup v1 `devices.allow` lines and compiled into
 //!   a `BPF_PROG_TYPE_CGROUP_DEVICE` program for v2, verified in a userspace interpreter;
-//! - [`cgroup`]: detection of the host's cgroup layout (v1, v2 or hybrid) from mountinfo;
+//! - [`cgroup`]: detection of the host's cgroup layout (v1, v2 or hybrid) from mountinfo, the
+//!   v1 and v2 limit writers (read back after write) and [`Sandbox`], an allocation's cgroups
+//!   with its limits and device list, destroyed with everything in them;
 //! - [`mig`]: MIG instance management ([`MigManager`]: create, destroy and list GPU instances
 //!   with their compute instance), on NVML ([`NvmlMig`]) and simulated ([`SimMig`]), both
 //!   validated by the MIG model of `gpuaas_proto::mig`.
@@ -43,6 +45,9 @@ pub mod sim;
 pub mod testing;
 
 pub use backend::{BackendError, GpuBackend};
+pub use cgroup::{
+    CgroupFileError, CpuQuota, CpuSet, Limits, LimitsError, Released, Sandbox, SandboxError,
+};
 pub use host::{HostError, HostFacts, HostPaths, inventory};
 pub use mig::{MigInstance, MigManager, MigManagerError, NvmlMig, ProfileInfo, SimMig};
 pub use nvml::{NvmlBackend, NvmlOptions};
