@@ -21,7 +21,10 @@
 //!   with its limits and device list, destroyed with everything in them;
 //! - [`mig`]: MIG instance management ([`MigManager`]: create, destroy and list GPU instances
 //!   with their compute instance), on NVML ([`NvmlMig`]) and simulated ([`SimMig`]), both
-//!   validated by the MIG model of `gpuaas_proto::mig`.
+//!   validated by the MIG model of `gpuaas_proto::mig`;
+//! - [`records`]: the sandbox records kept in the state directory and the pure re-adoption
+//!   decision after an agent restart ([`records::reconcile`]);
+//! - [`uids`]: the configured workload uid range and the choice of a free uid in it.
 //!
 //! Writing the cgroups, loading the eBPF program, the workload
 //! supervisor and device health come with issue 4 and will live here too. This crate does no
@@ -41,8 +44,10 @@ pub mod host;
 pub mod mig;
 pub mod nvml;
 pub mod pci;
+pub mod records;
 pub mod sim;
 pub mod testing;
+pub mod uids;
 
 pub use backend::{BackendError, GpuBackend};
 pub use cgroup::{
