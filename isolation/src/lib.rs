@@ -41,6 +41,7 @@ pub mod cgroup;
 pub mod conformance;
 pub mod devices;
 pub mod host;
+pub mod launch;
 pub mod mig;
 pub mod nvml;
 pub mod pci;
@@ -54,6 +55,7 @@ pub use cgroup::{
     CgroupFileError, CpuQuota, CpuSet, Limits, LimitsError, Released, Sandbox, SandboxError,
 };
 pub use host::{HostError, HostFacts, HostPaths, inventory};
+pub use launch::{ExitRecord, LaunchError, LaunchedWorkload, WorkloadSpec, launch, read_exit};
 pub use mig::{MigInstance, MigManager, MigManagerError, NvmlMig, ProfileInfo, SimMig};
 pub use nvml::{NvmlBackend, NvmlOptions};
 pub use pci::PciError;
