@@ -12,6 +12,7 @@
 //! links the coordinator's store.
 
 pub mod backoff;
+pub mod bench;
 pub mod config;
 pub mod enroll;
 pub mod fleet;

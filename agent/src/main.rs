@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use gpuaas_agent::config::{BackendKind, Config};
 use gpuaas_agent::identity::Identity;
 use gpuaas_agent::session::NodeAgent;
-use gpuaas_agent::{enroll, fleet, net, observability};
+use gpuaas_agent::{bench, enroll, fleet, net, observability};
 use gpuaas_isolation::GpuBackend;
 use gpuaas_isolation::host::HostFacts;
 
@@ -67,6 +67,11 @@ enum Command {
         /// QUIC keep-alive, seconds.
         #[arg(long, default_value_t = 10)]
         keep_alive_secs: u64,
+    },
+    /// Benchmarks (figures for BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
     },
 }
 
@@ -203,5 +208,6 @@ async fn main() -> Result<()> {
             })
             .await
         }
+        Command::Bench { command } => bench::run(command),
     }
 }
