@@ -89,3 +89,19 @@ pub fn require_root_cgroup2() -> Result<PathBuf, SkipReason> {
         None => skip(SkipReason::NoCgroup2),
     }
 }
+
+/// A fresh allocation id for a test sandbox, distinct across test threads, test processes and
+/// runs (so parallel root tests never collide on `alloc-<id>` cgroup names).
+pub fn unique_alloc_id() -> gpuaas_proto::AllocationId {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_secs() << 30) ^ u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    let raw = (u64::from(std::process::id()) << 40)
+        ^ (nanos & 0xff_ffff_ffff)
+        ^ (NEXT.fetch_add(1, Ordering::Relaxed) << 32);
+    gpuaas_proto::AllocationId::from_raw(raw)
+}

@@ -9,9 +9,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gpuaas_isolation::cgroup::{CgroupLayout, Limits, MOUNTINFO, Sandbox};
 use gpuaas_isolation::devices::rules::default_rules;
@@ -34,15 +33,7 @@ fn layout() -> CgroupLayout {
 }
 
 fn alloc() -> AllocationId {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_secs() << 30) ^ u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    let raw = (u64::from(std::process::id()) << 40)
-        ^ (nanos & 0xff_ffff_ffff)
-        ^ (NEXT.fetch_add(1, Ordering::Relaxed) << 32);
-    AllocationId::from_raw(raw)
+    gpuaas_isolation::testing::unique_alloc_id()
 }
 
 /// A sandbox (destroyed on drop) and a temporary state directory (0755, so tenants can reach

@@ -12,9 +12,8 @@ use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gpuaas_isolation::cgroup::{
     CgroupLayout, CpuQuota, CpuSet, Limits, MOUNTINFO, Released, Sandbox, SandboxError, file,
@@ -32,17 +31,8 @@ fn layout() -> CgroupLayout {
     CgroupLayout::detect(Path::new(MOUNTINFO)).expect("cgroup layout")
 }
 
-/// A fresh allocation id per sandbox, distinct across test processes and runs.
 fn alloc() -> AllocationId {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_secs() << 30) ^ u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    let raw = (u64::from(std::process::id()) << 40)
-        ^ (nanos & 0xff_ffff_ffff)
-        ^ (NEXT.fetch_add(1, Ordering::Relaxed) << 32);
-    AllocationId::from_raw(raw)
+    gpuaas_isolation::testing::unique_alloc_id()
 }
 
 /// Destroys the sandbox on drop unless the test already did.

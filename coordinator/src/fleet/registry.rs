@@ -128,25 +128,29 @@ impl Registry {
         session
     }
 
-    /// Records a message from `node`'s session `session`.
-    pub fn heard(&self, node: NodeId, session: u64, now_ms: i64, skew_ms: i64) {
+    /// Records a message from `node`'s session `session` (a stale session is ignored), with
+    /// the visible GPU count a heartbeat carries. Returns the count recorded before, so the
+    /// caller can report a change; one lock per heartbeat.
+    pub fn heard(
+        &self,
+        node: NodeId,
+        session: u64,
+        now_ms: i64,
+        skew_ms: i64,
+        gpus_visible: Option<u32>,
+    ) -> Option<u32> {
         let mut inner = self.lock();
-        if let Some(entry) = inner.nodes.get_mut(&node)
-            && entry.session.as_ref().is_some_and(|(s, _)| *s == session)
-        {
-            entry.last_heard_ms = now_ms;
-            entry.skew_ms = skew_ms;
+        let entry = inner
+            .nodes
+            .get_mut(&node)
+            .filter(|e| e.session.as_ref().is_some_and(|(s, _)| *s == session))?;
+        entry.last_heard_ms = now_ms;
+        entry.skew_ms = skew_ms;
+        let before = entry.gpus_visible;
+        if gpus_visible.is_some() {
+            entry.gpus_visible = gpus_visible;
         }
-    }
-
-    /// Records the status a heartbeat of `node`'s session `session` carried.
-    pub fn status_report(&self, node: NodeId, session: u64, gpus_visible: u32) {
-        let mut inner = self.lock();
-        if let Some(entry) = inner.nodes.get_mut(&node)
-            && entry.session.as_ref().is_some_and(|(s, _)| *s == session)
-        {
-            entry.gpus_visible = Some(gpus_visible);
-        }
+        before
     }
 
     /// Records the end of `node`'s session `session` (a newer session is left alone).
@@ -276,8 +280,8 @@ mod tests {
         let codes = closed.0.clone();
         let s1 = reg.connected(node, Box::new(closed), 0, 12);
         assert_eq!(reg.sweep(0), vec![(node, NodeStatus::Ready)]);
-        reg.heard(node, s1, 10_000, 15);
-        reg.status_report(node, s1, 7);
+        assert_eq!(reg.heard(node, s1, 10_000, 15, Some(7)), None);
+        assert_eq!(reg.heard(node, s1, 10_000, 15, None), Some(7));
         assert_eq!(reg.view(node, 10_000).gpus_visible, Some(7));
         assert_eq!(reg.sweep(24_999), vec![]);
         assert_eq!(reg.view(node, 24_999).clock_skew_ms, Some(15));

@@ -149,14 +149,11 @@ async fn run(ctx: Arc<FleetContext>, conn: quinn::Connection, node: NodeId) {
     };
     let ended = read_loop(&ctx, &conn, &mut tx, &mut rx, &decoder, node, session).await;
     ctx.registry.disconnected(node, session);
+    let live = ctx.registry.view(node, now_ms());
     let seen = Command::RecordSeen {
         node_id: node,
-        seen_at_ms: ctx
-            .registry
-            .view(node, now_ms())
-            .last_heard_ms
-            .unwrap_or_else(now_ms),
-        clock_skew_ms: ctx.registry.view(node, now_ms()).clock_skew_ms.unwrap_or(0),
+        seen_at_ms: live.last_heard_ms.unwrap_or_else(now_ms),
+        clock_skew_ms: live.clock_skew_ms.unwrap_or(0),
     };
     if let Err(e) = ctx.store.execute(seen).await {
         debug!(error = %e, "could not record the end of the session");
@@ -270,7 +267,11 @@ async fn read_loop(
         let now = now_ms();
         match message {
             AgentMessage::Heartbeat(hb) => {
-                if let Some(before) = ctx.registry.view(node, now).gpus_visible
+                let skew = hb.wall_clock_ms.saturating_sub(now);
+                let before = ctx
+                    .registry
+                    .heard(node, session, now, skew, Some(hb.gpus_visible));
+                if let Some(before) = before
                     && before != hb.gpus_visible
                 {
                     warn!(
@@ -279,17 +280,10 @@ async fn read_loop(
                         "visible GPU count changed"
                     );
                 }
-                ctx.registry.status_report(node, session, hb.gpus_visible);
-                ctx.registry
-                    .heard(node, session, now, hb.wall_clock_ms.saturating_sub(now));
             }
             AgentMessage::RenewCertificate { csr_der } => {
-                ctx.registry.heard(
-                    node,
-                    session,
-                    now,
-                    ctx.registry.view(node, now).clock_skew_ms.unwrap_or(0),
-                );
+                let skew = ctx.registry.view(node, now).clock_skew_ms.unwrap_or(0);
+                ctx.registry.heard(node, session, now, skew, None);
                 if let Err(reason) = renew(ctx, tx, node, &csr_der).await {
                     warn!(%reason, "certificate renewal failed; closing");
                     conn.close(close_code::REFUSED.into(), reason.as_bytes());

@@ -109,6 +109,14 @@ async fn gpuaasctl_manages_tokens_and_nodes() {
     })
     .await;
 
+    // Enrolling a host that already has an identity is refused, and the identity is kept.
+    let (ok, stderr) = cluster.enrol_again(0).await;
+    assert!(
+        !ok && stderr.contains("already holds a node identity"),
+        "{stderr}"
+    );
+    assert_eq!(api.nodes().await.len(), 1, "no second node was created");
+
     let list = cluster.ctl(&["node", "list", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_str(&list).expect("json output");
     assert_eq!(json["nodes"][0]["id"], id.as_str(), "{json}");

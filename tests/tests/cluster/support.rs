@@ -253,6 +253,29 @@ impl Cluster {
         id
     }
 
+    /// Runs `gpuaas-agent enroll` again for the enrolled agent `i` with a fresh token; returns
+    /// its exit status and stderr.
+    pub(crate) async fn enrol_again(&self, i: usize) -> (bool, String) {
+        let token = self.api().token().await;
+        let config = self.dir.path().join(format!("agent-{i}.toml"));
+        let out = Command::new(bin("gpuaas-agent"))
+            .arg("enroll")
+            .args([
+                "--coordinator",
+                &format!("127.0.0.1:{}", self.node_port),
+                "--config",
+            ])
+            .arg(&config)
+            .env("GPUAAS_ENROLL_TOKEN", &token)
+            .output()
+            .await
+            .expect("run gpuaas-agent enroll");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Starts (or starts again) `gpuaas-agent run` for the enrolled agent `i`.
     pub(crate) fn run_agent(&mut self, i: usize) {
         let config = self.dir.path().join(format!("agent-{i}.toml"));
